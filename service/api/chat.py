@@ -1,0 +1,77 @@
+"""POST /v1/chat/completions: parse, hand to the chat service, return."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from ..errors import InvalidRequestError, LoragateError
+from ..middleware import request_id_of
+from ..protocol import ChatCompletion, ChatCompletionRequest
+from ..state import AuthDep, StateDep
+
+router = APIRouter(tags=["chat"], dependencies=[AuthDep])
+
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
+    }
+}
+
+
+async def parse_body(request: Request) -> ChatCompletionRequest:
+    """Parse after authentication, so a bad key is a 401 whatever the body holds."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. Send valid JSON."
+        ) from None
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequestError(f"Invalid value for {param or 'the body'}: {first['msg']}", param=param) from None
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, openapi_extra=_BODY_SCHEMA)
+async def create_chat_completion(request: Request, state: StateDep) -> Any:
+    body = await parse_body(request)
+    request_id = request_id_of(request.scope)
+    if body.stream:
+        events = await state.chat.open_stream(body, request_id)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return await until_disconnected(request, state.chat.complete(body, request_id))
+
+
+class ClientDisconnected(LoragateError):
+    status_code = 499
+    error_type = "client_closed_request"
+
+
+async def until_disconnected(request: Request, work: Any) -> Any:
+    """Run ``work``; if the client goes away first, cancel it (which aborts the engine request)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise ClientDisconnected("The client closed the connection.")
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

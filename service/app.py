@@ -1,0 +1,95 @@
+"""The application factory. Nothing is built at import time.
+
+``create_app(settings)`` returns a FastAPI app whose lifespan starts the engine
+(loading in the background, so ``/ready`` says when it can generate) and
+closes it on shutdown. Tests pass their own engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .api import chat, health, models
+from .chat import ChatService
+from .config import Settings
+from .engines.base import Engine
+from .errors import LoragateError, error_envelope
+from .middleware import GatewayMiddleware
+from .state import AppState
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Settings], Engine]
+
+
+def default_engine(settings: Settings) -> Engine:
+    from .engines.local import LocalEngine
+    from .model_store import prepare_model
+
+    path = settings.resolved_model_path
+    return LocalEngine(
+        path,
+        model_name=settings.model_name,
+        dtype=settings.dtype,
+        device=settings.device,
+        threads=settings.threads,
+        max_batch_size=settings.max_batch_size,
+        max_context=settings.max_context,
+        prepare=None if settings.model_path else lambda: prepare_model(path),
+    )
+
+
+def create_app(settings: Settings, engine_factory: EngineFactory = default_engine) -> FastAPI:
+    if settings.api_key is None:
+        raise ValueError("create_app needs settings with an api_key (see Settings.with_dev_key)")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = engine_factory(settings)
+        app.state.loragate = AppState(
+            settings=settings, engine=engine, chat=ChatService(engine, settings), created=int(time.time())
+        )
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.close()
+
+    app = FastAPI(
+        title="loragate",
+        version=__version__,
+        summary="OpenAI-compatible gateway for LoRA-customised models",
+        lifespan=lifespan,
+    )
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
+    _install_error_handlers(app)
+    for router in (chat.router, models.router, health.router):
+        app.include_router(router)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LoragateError)
+    async def loragate_error(_: Request, exc: LoragateError) -> JSONResponse:
+        return JSONResponse(exc.envelope(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        envelope = error_envelope(f"Invalid request: {first['msg']}", "invalid_request_error", param)
+        return JSONResponse(envelope, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return JSONResponse(error_envelope(str(exc.detail), kind), status_code=exc.status_code)

@@ -1,0 +1,117 @@
+"""Settings: defaults < YAML file < environment (LORAGATE_*) < command line.
+
+``load_settings()`` builds them; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# Keys that must never protect a production deployment.
+INSECURE_KEYS = frozenset({"", "changeme", "change-me", "secret", "sk-loragate", "sk-local", "dev", "test"})
+MIN_PRODUCTION_KEY_LENGTH = 20
+
+_yaml_file: ContextVar[Path | None] = ContextVar("loragate_yaml_file", default=None)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Values from the YAML file named by ``load_settings(config_file=...)``."""
+
+    def __init__(self, settings_cls: type[BaseSettings]):
+        super().__init__(settings_cls)
+        path = _yaml_file.get()
+        data = yaml.safe_load(path.read_text()) if path else None
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{path}: the settings file must hold a mapping of names to values")
+        self._data: dict[str, Any] = data or {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAGATE_", env_nested_delimiter="__", extra="forbid")
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="development generates a key if none is set; production refuses weak keys"
+    )
+    api_key: SecretStr | None = Field(None, description="the API key clients send as a Bearer token")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, description="port to listen on")
+    data_dir: Path = Field(Path("data"), description="folder for prepared models and other generated files")
+    model_path: Path | None = Field(
+        None, description="a Hugging Face model folder; default: the packaged SmolLM2, prepared under data_dir"
+    )
+    model_name: str = Field("SmolLM2-135M-Instruct", description="the base model's name in the API")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="weights and compute type; auto is bfloat16"
+    )
+    device: str = Field("auto", description="auto, cpu or cuda[:N]")
+    threads: int | None = Field(None, description="torch CPU threads; default: torch's choice")
+    max_batch_size: int = Field(32, ge=1, description="sequences decoded together by the embedded engine")
+    max_context: int | None = Field(None, ge=16, description="prompt + completion tokens; default: the model's")
+    default_max_tokens: int = Field(512, ge=1, description="completion limit when a request sets none")
+    max_n: int = Field(8, ge=1, description="the largest n a request may ask for")
+    max_request_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _YamlSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _refuse_weak_keys_in_production(self) -> Settings:
+        if self.environment == "production":
+            key = self.api_key.get_secret_value() if self.api_key else ""
+            if key.lower() in INSECURE_KEYS or len(key) < MIN_PRODUCTION_KEY_LENGTH:
+                raise ValueError(
+                    "production needs LORAGATE_API_KEY set to a random key of at least "
+                    f"{MIN_PRODUCTION_KEY_LENGTH} characters (a default or short key is refused)"
+                )
+        return self
+
+    @property
+    def resolved_model_path(self) -> Path:
+        return self.model_path or self.data_dir / "models" / "smollm2-135m-instruct"
+
+    def with_dev_key(self) -> tuple[Settings, bool]:
+        """Settings with an API key; in development one is generated when none is set."""
+        if self.api_key is not None:
+            return self, False
+        key = SecretStr("sk-dev-" + secrets.token_urlsafe(24))
+        return self.model_copy(update={"api_key": key}), True
+
+
+class SettingsError(ValueError):
+    """Invalid settings; the message names the fields and never echoes their values."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    token = _yaml_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise SettingsError(problems) from None
+    finally:
+        _yaml_file.reset(token)

@@ -1,0 +1,93 @@
+"""The engine interface: the only thing the gateway knows about a backend.
+
+An engine turns a chat request (messages after tenancy and L1 templates) into a
+stream of :class:`Delta` events. It is deliberately small (five methods), so that the embedded
+transformers engine, the vLLM backend and test fakes all fit behind it:
+
+- ``start()``: begin loading or connecting, without waiting for it.
+- ``stream(request)``: an async iterator of deltas for all ``n`` choices;
+  closing the iterator early aborts the work behind it.
+- ``ensure_adapter(name)``: make a LoRA adapter servable before a request uses it.
+- ``health()``: whether the engine can generate now.
+- ``close()``: free everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Decoding settings for one request; temperature 0 means greedy."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    messages: Sequence[ChatMessage]
+    sampling: SamplingParams
+    n: int = 1
+    adapter: str | None = None  # None: the base model
+
+
+@dataclass(slots=True)
+class Delta:
+    """New text for one choice. The last delta of a choice has ``finish_reason``."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0  # set on the finishing delta
+    completion_tokens: int = 0  # set on the finishing delta
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    ready: bool
+    detail: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every backend implements. ``model_name`` is the served base model."""
+
+    model_name: str
+    max_context: int
+
+    async def start(self) -> None:
+        """Begin loading or connecting; return at once (``health`` reports progress)."""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
+
+    async def ensure_adapter(self, name: str) -> None: ...
+
+    async def health(self) -> EngineHealth: ...
+
+    async def close(self) -> None: ...

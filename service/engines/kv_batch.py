@@ -1,0 +1,79 @@
+"""The running batch's key/value cache, with rows joining and leaving between steps.
+
+Rows are left-padded to a common length. A new group of rows (prefilled on its
+own) is merged by padding the shorter side on the left; finished rows are
+dropped, and columns that became padding in every row are trimmed. The
+attention mask marks real tokens; each row's next position is its count of
+real tokens, so rotary positions stay right whatever the padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+
+class KVBatch:
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor):
+        self.cache = cache
+        self.mask = mask  # [rows, columns], 1 where a real token is cached
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def columns(self) -> int:
+        return self.mask.shape[1]
+
+    def positions(self) -> torch.Tensor:
+        """Position of each row's next token, shape [rows, 1]."""
+        return self.mask.sum(dim=1, keepdim=True)
+
+    def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
+
+    def _set_layers(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for layer, (k, v) in zip(self.cache.layers, kv, strict=True):
+            layer.keys, layer.values = k, v
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (indices, possibly repeated), then trim all-padding columns."""
+        self.mask = self.mask.index_select(0, rows)
+        self._set_layers([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self._layers()])
+        self._trim()
+
+    def _trim(self) -> None:
+        if self.rows == 0:
+            return
+        filled = self.mask.any(dim=0)
+        first = int(torch.argmax(filled.int())) if bool(filled.any()) else self.columns
+        if first > 0:
+            self.mask = self.mask[:, first:]
+            self._set_layers([(k[:, :, first:], v[:, :, first:]) for k, v in self._layers()])
+
+    def extend(self, other: KVBatch) -> None:
+        """Append ``other``'s rows below this batch's rows."""
+        width = max(self.columns, other.columns)
+        mine, theirs = self._layers(), other._layers()
+        merged = []
+        for (k1, v1), (k2, v2) in zip(mine, theirs, strict=True):
+            merged.append(
+                (
+                    torch.cat([_left_pad(k1, width), _left_pad(k2, width)], dim=0),
+                    torch.cat([_left_pad(v1, width), _left_pad(v2, width)], dim=0),
+                )
+            )
+        self._set_layers(merged)
+        self.mask = torch.cat([_left_pad_mask(self.mask, width), _left_pad_mask(other.mask, width)])
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - t.shape[-2]
+    return t if missing == 0 else F.pad(t, (0, 0, missing, 0))
+
+
+def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - mask.shape[1]
+    return mask if missing == 0 else F.pad(mask, (missing, 0))

@@ -1,0 +1,149 @@
+"""The embedded engine: transformers (+ PEFT later) in this process.
+
+Loading happens on a background thread after ``start()``, so the gateway
+answers ``/health`` at once and ``/ready`` turns 200 when the model can
+generate. Generation runs on the scheduler's worker thread, never on the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ContextLengthError, EngineUnavailableError, LoragateError, ModelNotFoundError
+from .base import ChatMessage, Delta, EngineHealth, GenerationRequest
+from .scheduler import Job, Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class EngineFailure(LoragateError):
+    """Generation failed inside the engine (500)."""
+
+
+class LocalEngine:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        model_name: str,
+        dtype: str = "auto",
+        device: str = "auto",
+        threads: int | None = None,
+        max_batch_size: int = 32,
+        max_context: int | None = None,
+        prepare: Callable[[], object] | None = None,
+    ):
+        self.model_path = model_path
+        self.model_name = model_name
+        self.max_context = max_context or 0
+        self._dtype, self._device, self._threads = dtype, device, threads
+        self._max_batch_size = max_batch_size
+        self._scheduler: Scheduler | None = None
+        self._tokenizer: Any = None
+        self._error: str | None = None
+        self._loader: threading.Thread | None = None
+        self._prepare = prepare  # makes model_path exist (the packaged model's conversion)
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin loading in the background; ``health()`` says when it is done."""
+        self._loader = threading.Thread(target=self._load_guarded, name="loragate-loader", daemon=True)
+        self._loader.start()
+
+    def load(self) -> None:
+        """Load the model and start the scheduler (blocking)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self._threads:
+            torch.set_num_threads(self._threads)
+        device = self._device if self._device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self._dtype == "auto" else getattr(torch, self._dtype)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(device).eval()
+        eos = model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        self.max_context = self.max_context or int(model.config.max_position_embeddings)
+        scheduler = Scheduler(
+            model, tokenizer, eos_token_ids=eos_ids, pad_token_id=pad, max_batch_size=self._max_batch_size
+        )
+        scheduler.start()
+        self._tokenizer, self._scheduler = tokenizer, scheduler
+        log.info("loaded %s from %s on %s (%s)", self.model_name, self.model_path, device, dtype)
+
+    def _load_guarded(self) -> None:
+        try:
+            if self._prepare is not None:
+                self._prepare()
+            self.load()
+        except Exception as exc:
+            log.exception("the embedded engine failed to load")
+            self._error = f"{type(exc).__name__}: {exc}"
+
+    async def close(self) -> None:
+        if self._loader is not None:
+            await asyncio.to_thread(self._loader.join)
+        if self._scheduler is not None:
+            await asyncio.to_thread(self._scheduler.close)
+            self._scheduler = None
+
+    async def health(self) -> EngineHealth:
+        if self._scheduler is not None:
+            return EngineHealth(
+                True, "ready", {"running": self._scheduler.running, "waiting": self._scheduler.waiting}
+            )
+        if self._error:
+            return EngineHealth(False, f"failed to load: {self._error}")
+        return EngineHealth(False, "loading")
+
+    async def ensure_adapter(self, name: str) -> None:
+        raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
+
+    # -- generation --------------------------------------------------------------
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        """The text the model sees: the messages after the model's chat template."""
+        return self._tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+
+    def encode(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return list(self._tokenizer(self.render_prompt(messages), add_special_tokens=False).input_ids)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise EngineUnavailableError("The model is still loading; retry shortly.")
+        if request.adapter is not None:
+            await self.ensure_adapter(request.adapter)
+        prompt_ids = await asyncio.to_thread(self.encode, request.messages)
+        wanted = len(prompt_ids) + request.sampling.max_tokens
+        if wanted > self.max_context:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.max_context} tokens. However, you requested "
+                f"{wanted} tokens ({len(prompt_ids)} in the messages, {request.sampling.max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param="messages",
+            )
+        job = Job(request=request, prompt_ids=prompt_ids, loop=asyncio.get_running_loop())
+        scheduler.submit(job)
+        finished = 0
+        try:
+            while finished < request.n:
+                item = await job.queue.get()
+                if isinstance(item, BaseException):
+                    raise EngineFailure("The engine failed while generating this response.") from item
+                if item.finish_reason is not None:
+                    finished += 1
+                yield item
+        finally:
+            if finished < request.n:
+                job.cancelled = True

@@ -1,0 +1,75 @@
+"""Turn one row of logits into the next token, as vLLM's sampling parameters say.
+
+Order of operations (the same as vLLM's): repetition penalty, min_tokens
+(stop tokens masked until enough tokens exist), then greedy argmax or
+temperature, top-k, top-p and min-p followed by a draw from a per-request
+generator, so a fixed ``seed`` gives the same text every time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SamplingParams
+
+
+def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    if params.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+    return generator
+
+
+def needs_processing(params: SamplingParams, generated: int) -> bool:
+    """False when the plain argmax of the raw logits is the answer."""
+    return not params.greedy or params.repetition_penalty != 1.0 or generated < params.min_tokens
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
+    if penalty == 1.0 or seen.numel() == 0:
+        return
+    values = logits.index_select(0, seen)
+    values = torch.where(values > 0, values / penalty, values * penalty)
+    logits.index_copy_(0, seen, values)
+
+
+def filter_top_k_top_p_min_p(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> None:
+    """Set the logits of excluded tokens to -inf, in place."""
+    if top_k > 0 and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits.masked_fill_(logits < kth, float("-inf"))
+    if min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        logits.masked_fill_(probs < min_p * probs.max(), float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cumulative > top_p
+        drop[1:] = drop[:-1].clone()  # keep the token that crosses top_p
+        drop[0] = False
+        logits[order[drop]] = float("-inf")
+
+
+def next_token(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    *,
+    seen: torch.Tensor,
+    generated: int,
+    stop_token_ids: torch.Tensor,
+    generator: torch.Generator | None,
+) -> int:
+    """Pick the next token for one sequence. ``logits`` is a float32 row, changed in place."""
+    apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if generated < params.min_tokens:
+        logits[stop_token_ids] = float("-inf")
+    if params.greedy:
+        return int(torch.argmax(logits))
+    logits.div_(params.temperature)
+    filter_top_k_top_p_min_p(logits, params.top_k, params.top_p, params.min_p)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,283 @@
+"""Continuous batching for a transformers causal LM, on one worker thread.
+
+Each loop turn admits waiting requests (prefilled together, then merged into
+the running batch) and runs one decode step for every running sequence. A
+request that arrives while others decode joins at the next step; a finished or
+cancelled sequence leaves at once. Results go back to the asyncio side with
+``loop.call_soon_threadsafe``; nothing here touches the event loop otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from .base import Delta, FinishReason, GenerationRequest, SamplingParams
+from .kv_batch import KVBatch
+from .sampling import make_generator, needs_processing, next_token
+from .text import Detokenizer, TextStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request as the worker sees it; results go into ``queue`` on ``loop``."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Delta | BaseException] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+
+    def send(self, item: Delta | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+@dataclass(eq=False)
+class _Row:
+    """One choice of one job: a row of the running batch."""
+
+    job: Job
+    index: int
+    params: SamplingParams
+    text: TextStream
+    generator: torch.Generator | None
+    seen: torch.Tensor  # prompt and output ids, for the repetition penalty
+    generated: int = 0
+    finished: bool = False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Detokenizer,
+        *,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        max_batch_size: int,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.device
+        self.eos_ids = torch.tensor(sorted(set(eos_token_ids)), device=self.device)
+        self._eos_set = set(eos_token_ids)
+        self.pad_id = pad_token_id
+        self.max_batch_size = max_batch_size
+        self._waiting: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._rows: list[_Row] = []
+        self._batch: KVBatch | None = None
+        self._next: torch.Tensor | None = None  # next input token per row
+        self._thread = threading.Thread(target=self._run, name="loragate-scheduler", daemon=True)
+
+    # -- the asyncio side ----------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            self._waiting.append(job)
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # -- the worker thread ---------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._closing and not self._waiting and not self._rows:
+                        self._wake.wait()
+                    if self._closing:
+                        break
+                try:
+                    self._admit()
+                    if self._rows:
+                        self._decode_step()
+                except Exception as exc:  # keep serving: fail only the requests in flight
+                    log.exception("generation step failed")
+                    self._fail_all(exc)
+        self._fail_all(RuntimeError("the engine is shutting down"))
+
+    def _take_waiting(self) -> list[Job]:
+        room = self.max_batch_size - len(self._rows)
+        taken: list[Job] = []
+        with self._wake:
+            while self._waiting and room > 0:
+                job = self._waiting[0]
+                if job.cancelled:
+                    self._waiting.popleft()
+                    continue
+                if job.request.n > room and (taken or self._rows):
+                    break  # wait until enough rows are free
+                self._waiting.popleft()
+                taken.append(job)
+                room -= job.request.n
+        return taken
+
+    def _admit(self) -> None:
+        jobs = self._take_waiting()
+        if not jobs:
+            return
+        width = max(len(j.prompt_ids) for j in jobs)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, job in enumerate(jobs):
+            ids[i, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
+            mask[i, width - len(job.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float()
+        expand = torch.repeat_interleave(
+            torch.arange(len(jobs), device=self.device),
+            torch.tensor([j.request.n for j in jobs], device=self.device),
+        )
+        group = KVBatch(cache, mask)
+        group.select(expand)
+        rows = [self._new_row(job, index) for job in jobs for index in range(job.request.n)]
+        firsts = [
+            self._pick(row, logits[job_pos].clone()) for row, job_pos in zip(rows, expand.tolist(), strict=True)
+        ]
+        if self._batch is None:
+            self._batch = group
+        else:
+            self._batch.extend(group)
+        self._rows.extend(rows)
+        first = torch.tensor(firsts, device=self.device)
+        self._next = first if self._next is None else torch.cat([self._next, first])
+        for row, token in zip(rows, firsts, strict=True):
+            self._accept(row, token)
+        self._drop_finished()
+
+    def _new_row(self, job: Job, index: int) -> _Row:
+        params = job.request.sampling
+        if params.seed is not None and index:  # n choices from one seed must differ
+            params = replace(params, seed=params.seed + index)
+        return _Row(
+            job=job,
+            index=index,
+            params=params,
+            text=TextStream(self.tokenizer, params.stop),
+            generator=make_generator(params, self.device),
+            seen=torch.tensor(job.prompt_ids, device=self.device),
+        )
+
+    def _decode_step(self) -> None:
+        self._drop_cancelled()
+        if not self._rows:
+            return
+        assert self._batch is not None and self._next is not None
+        batch = self._batch
+        mask = torch.cat([batch.mask, batch.mask.new_ones((batch.rows, 1))], dim=1)
+        out = self.model(
+            input_ids=self._next.view(-1, 1),
+            attention_mask=mask,
+            position_ids=batch.positions(),
+            past_key_values=batch.cache,
+            cache_position=torch.tensor([batch.columns], device=self.device),
+            use_cache=True,
+        )
+        batch.mask = mask
+        logits = out.logits[:, -1, :]
+        tokens = torch.argmax(logits, dim=-1).tolist()
+        for i, row in enumerate(self._rows):
+            if needs_processing(row.params, row.generated):
+                tokens[i] = self._pick(row, logits[i].float())
+        self._next = torch.tensor(tokens, device=self.device)
+        for row, token in zip(self._rows, tokens, strict=True):
+            self._accept(row, token)
+        self._drop_finished()
+
+    def _pick(self, row: _Row, logits: torch.Tensor) -> int:
+        return next_token(
+            logits,
+            row.params,
+            seen=row.seen,
+            generated=row.generated,
+            stop_token_ids=self.eos_ids,
+            generator=row.generator,
+        )
+
+    def _accept(self, row: _Row, token: int) -> None:
+        row.generated += 1
+        if row.params.repetition_penalty != 1.0:
+            row.seen = torch.cat([row.seen, row.seen.new_tensor([token])])
+        if token in self._eos_set and not row.params.ignore_eos:
+            self._finish(row, row.text.flush(), "stop")
+            return
+        text = row.text.add(token)
+        if row.text.stopped:
+            self._finish(row, text, "stop")
+        elif row.generated >= row.params.max_tokens:
+            self._finish(row, text + row.text.flush(), "length")
+        elif text:
+            row.job.send(Delta(index=row.index, text=text))
+
+    def _finish(self, row: _Row, text: str, reason: FinishReason) -> None:
+        row.finished = True
+        row.job.send(
+            Delta(
+                index=row.index,
+                text=text,
+                finish_reason=reason,
+                prompt_tokens=len(row.job.prompt_ids),
+                completion_tokens=row.generated,
+            )
+        )
+
+    def _keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self._rows):
+            return
+        assert self._batch is not None and self._next is not None
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._batch, self._next = None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self._batch.select(index)
+        self._next = self._next.index_select(0, index)
+
+    def _drop_finished(self) -> None:
+        self._keep([i for i, row in enumerate(self._rows) if not row.finished])
+
+    def _drop_cancelled(self) -> None:
+        self._keep([i for i, row in enumerate(self._rows) if not row.job.cancelled])
+
+    def _fail_all(self, exc: BaseException) -> None:
+        jobs = {row.job for row in self._rows}
+        with self._wake:
+            jobs.update(self._waiting)
+            self._waiting.clear()
+        for job in jobs:
+            job.send(exc)
+        self._rows, self._batch, self._next = [], None, None

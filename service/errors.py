@@ -1,0 +1,92 @@
+"""One exception tree, one OpenAI error envelope.
+
+Status codes follow openai-python's ``_make_status_error`` so that the SDK
+raises the matching exception class::
+
+    LoragateError (500, InternalServerError)
+    ├── InvalidRequestError      400  BadRequestError
+    │   └── ContextLengthError   400  BadRequestError (code context_length_exceeded)
+    ├── AuthenticationError      401  AuthenticationError
+    ├── PermissionDeniedError    403  PermissionDeniedError
+    ├── NotFoundError            404  NotFoundError
+    │   └── ModelNotFoundError   404  NotFoundError (code model_not_found)
+    ├── RequestTooLargeError     413  APIStatusError
+    ├── RateLimitError           429  RateLimitError
+    └── EngineUnavailableError   503  InternalServerError
+
+Envelope: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class LoragateError(Exception):
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidRequestError(LoragateError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class AuthenticationError(LoragateError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(LoragateError):
+    status_code = 403
+    error_type = "permission_denied"
+    default_code = "permission_denied"
+
+
+class NotFoundError(LoragateError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+
+class RequestTooLargeError(LoragateError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimitError(LoragateError):
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    default_code = "rate_limit_exceeded"
+
+
+class EngineUnavailableError(LoragateError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "engine_not_ready"
+
+
+def error_envelope(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}

@@ -1,0 +1,85 @@
+"""Pure ASGI middleware: request ids, the body size limit and a last-resort 500.
+
+It sits inside Starlette's ServerErrorMiddleware, so every response, an
+unexpected failure included, carries ``x-request-id`` and the OpenAI error
+envelope, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import LoragateError, RequestTooLargeError
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def request_id_of(scope: Scope) -> str:
+    return str(scope.get("state", {}).get("request_id", ""))
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")[:128]
+        request_id = given or f"req-{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._send_error(send_with_id, self._too_large())
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise self._too_large()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except LoragateError as exc:
+            if started:
+                raise
+            await self._send_error(send_with_id, exc)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            if started:
+                raise
+            await self._send_error(send_with_id, LoragateError("The server had an error processing your request."))
+
+    def _too_large(self) -> RequestTooLargeError:
+        return RequestTooLargeError(f"The request body is larger than {self.max_body_bytes} bytes.")
+
+    @staticmethod
+    async def _send_error(send: Send, exc: LoragateError) -> None:
+        body = json.dumps(exc.envelope()).encode()
+        headers: list[Any] = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

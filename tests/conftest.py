@@ -1,0 +1,141 @@
+"""Shared fixtures: a tiny random Llama with SmolLM2's tokenizer, apps and servers on it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.config import Settings
+from service.model_store import prepare_model
+
+API_KEY = "sk-test-0123456789abcdef"
+TINY_MODEL = "tiny-llama"
+SMOLLM2_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real packaged model, prepared once (idempotent)."""
+    return prepare_model(SMOLLM2_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
+    """A 2-layer random Llama (float32) that speaks SmolLM2's tokenizer and chat template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_settings(model_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "api_key": API_KEY,
+        "model_path": model_dir,
+        "model_name": TINY_MODEL,
+        "dtype": "float32",
+        "threads": 2,
+        "max_batch_size": 8,
+        "default_max_tokens": 16,
+    }
+    return Settings(**(values | overrides))
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (await client.get("/ready")).status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the engine did not become ready")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_model_dir: Path) -> Settings:
+    return make_settings(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+async def app(tiny_settings: Settings) -> AsyncIterator[FastAPI]:
+    """One app on the tiny model for the whole session, its lifespan running."""
+    application = create_app(tiny_settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An authenticated client over httpx's ASGI transport, once the engine is ready."""
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers) as c:
+        await wait_ready(c)
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """A real uvicorn server on 127.0.0.1, in a thread of this process."""
+
+    def __init__(self, settings: Settings):
+        self.port = free_port()
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the live server did not become ready")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_settings: Settings) -> Iterator[LiveServer]:
+    with LiveServer(tiny_settings) as server:
+        yield server
