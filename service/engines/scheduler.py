@@ -37,7 +37,10 @@ class Job:
     cancelled: bool = False
 
     def send(self, item: Delta | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the requester's event loop is closed: nobody listens any more
+            self.cancelled = True
 
 
 @dataclass(eq=False)
@@ -75,6 +78,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closing = False
         self._rows: list[_Row] = []
+        self._admitting: list[Job] = []  # taken from the queue, not yet rows: in flight too
         self._batch: KVBatch | None = None
         self._next: torch.Tensor | None = None  # next input token per row
         self._thread = threading.Thread(target=self._run, name="loragate-scheduler", daemon=True)
@@ -118,8 +122,8 @@ class Scheduler:
                         self._decode_step()
                 except Exception as exc:  # keep serving: fail only the requests in flight
                     log.exception("generation step failed")
-                    self._fail_all(exc)
-        self._fail_all(RuntimeError("the engine is shutting down"))
+                    self._fail_all(exc, waiting=False)
+        self._fail_all(RuntimeError("the engine is shutting down"), waiting=True)
 
     def _take_waiting(self) -> list[Job]:
         room = self.max_batch_size - len(self._rows)
@@ -141,6 +145,7 @@ class Scheduler:
         jobs = self._take_waiting()
         if not jobs:
             return
+        self._admitting = jobs
         width = max(len(j.prompt_ids) for j in jobs)
         ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)
@@ -166,13 +171,15 @@ class Scheduler:
         group.select(expand)
         rows = [self._new_row(job, index) for job in jobs for index in range(job.request.n)]
         firsts = [
-            self._pick(row, logits[job_pos].clone()) for row, job_pos in zip(rows, expand.tolist(), strict=True)
+            self._pick(row, logits[job_pos].clone())
+            for row, job_pos in zip(rows, expand.tolist(), strict=True)
         ]
         if self._batch is None:
             self._batch = group
         else:
             self._batch.extend(group)
         self._rows.extend(rows)
+        self._admitting = []
         first = torch.tensor(firsts, device=self.device)
         self._next = first if self._next is None else torch.cat([self._next, first])
         for row, token in zip(rows, firsts, strict=True):
@@ -273,11 +280,13 @@ class Scheduler:
     def _drop_cancelled(self) -> None:
         self._keep([i for i, row in enumerate(self._rows) if not row.job.cancelled])
 
-    def _fail_all(self, exc: BaseException) -> None:
-        jobs = {row.job for row in self._rows}
-        with self._wake:
-            jobs.update(self._waiting)
-            self._waiting.clear()
+    def _fail_all(self, exc: BaseException, *, waiting: bool) -> None:
+        """Fail the jobs in flight (and the queued ones too when ``waiting``); reset the batch."""
+        jobs = {row.job for row in self._rows} | set(self._admitting)
+        if waiting:
+            with self._wake:
+                jobs.update(self._waiting)
+                self._waiting.clear()
+        self._rows, self._admitting, self._batch, self._next = [], [], None, None  # before anyone hears
         for job in jobs:
             job.send(exc)
-        self._rows, self._batch, self._next = [], None, None

@@ -30,22 +30,34 @@ class TextStream:
     def add(self, token_id: int) -> str:
         """Add one token; return the text that may be sent now."""
         self._ids.append(token_id)
-        decode = self._tokenizer.decode
-        prefix = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
-        full = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self.text += full[len(prefix) :]
-            self._prefix_offset = self._read_offset
-            self._read_offset = len(self._ids)
+        self._decode(final=False)
         return self._release()
 
     def flush(self) -> str:
-        """Everything still held back (the sequence ended without a stop string)."""
+        """Everything still held back (the sequence ended without a stop string).
+
+        Tokens that end in an incomplete character are decoded as they are (with U+FFFD),
+        as ``tokenizer.decode`` does, rather than dropped.
+        """
         if self.stopped:
             return ""
+        self._decode(final=True)
+        out = self._release()
+        if self.stopped:
+            return out
         rest = self.text[self._emitted :]
         self._emitted = len(self.text)
-        return rest
+        return out + rest
+
+    def _decode(self, final: bool) -> None:
+        """Append the text of the tokens not yet decoded, unless it ends mid-character."""
+        decode = self._tokenizer.decode
+        prefix = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        full = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
+        if len(full) > len(prefix) and (final or not full.endswith("\ufffd")):
+            self.text += full[len(prefix) :]
+            self._prefix_offset = self._read_offset
+            self._read_offset = len(self._ids)
 
     def _release(self) -> str:
         if self._stop:

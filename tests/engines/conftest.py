@@ -1,0 +1,56 @@
+"""Fixtures for the embedded engine: the tiny model's tokenizer, a reference model, a loaded engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from service.engines.local import LocalEngine
+
+
+@pytest.fixture(scope="package")
+def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with weights drawn wider (std 0.3 instead of 0.02).
+
+    With the default init, greedy decoding only repeats the prompt's last token ("\n" after a
+    chat prompt), so batching bugs (positions, padding, masks) could not change any output.
+    Wider weights make every next token depend on the whole context.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    path = tmp_path_factory.mktemp("wide-tiny-llama")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="package")
+def tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="package")
+def reference_model(model_dir: Path) -> Any:
+    """The same weights as the engine's, loaded separately for ``generate``."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="package")
+async def engine(model_dir: Path) -> AsyncIterator[LocalEngine]:
+    """One loaded float32 engine for the package; closed at the end."""
+    local = LocalEngine(model_dir, model_name="tiny", dtype="float32", device="cpu", max_batch_size=8)
+    local.load()
+    yield local
+    await local.close()
