@@ -113,7 +113,9 @@ class ChatService:
 
         def chunk(index: int, delta: dict[str, str], finish_reason: str | None = None) -> str:
             choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)
-            payload = ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[choice])
+            payload = ChatCompletionChunk(
+                id=cid, object="chat.completion.chunk", created=created, model=body.model, choices=[choice]
+            )  # object passed explicitly: exclude_unset would drop a default
             return event(payload.model_dump(mode="json", exclude_unset=True) | usage_field)
 
         prompt_tokens = completion_tokens = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Keys that must never protect a production deployment.
@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(None, description="the API key clients send as a Bearer token")
     host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(8000, description="port to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     data_dir: Path = Field(Path("data"), description="folder for prepared models and other generated files")
     model_path: Path | None = Field(
         None, description="a Hugging Face model folder; default: the packaged SmolLM2, prepared under data_dir"
@@ -57,13 +57,15 @@ class Settings(BaseSettings):
         "auto", description="weights and compute type; auto is bfloat16"
     )
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
-    threads: int | None = Field(None, description="torch CPU threads; default: torch's choice")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together by the embedded engine")
     max_context: int | None = Field(None, ge=16, description="prompt + completion tokens; default: the model's")
     default_max_tokens: int = Field(512, ge=1, description="completion limit when a request sets none")
     max_n: int = Field(8, ge=1, description="the largest n a request may ask for")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
-    log_level: str = Field("info", description="debug, info, warning or error")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -75,6 +77,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _YamlSource(settings_cls)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _refuse_weak_keys_in_production(self) -> Settings:

@@ -51,7 +51,7 @@ class ChatCompletionRequest(BaseModel):
     stop: Annotated[list[str], Field(max_length=16)] = []
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # torch generators take int64
     user: str | None = None
     # vLLM's extra sampling parameters
     top_k: Annotated[int, Field(ge=-1)] | None = None

@@ -1,0 +1,152 @@
+"""The ``loragate`` command: options, precedence, and clean failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from service import cli
+from service.config import Settings
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LORAGATE_")}
+    return env | extra
+
+
+def loragate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Runs the installed console script (or the module, where the script is missing)."""
+    script = Path(sys.executable).with_name("loragate")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30, env=clean_env(**env))
+
+
+@pytest.fixture(autouse=True)
+def no_loragate_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("LORAGATE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """Replaces the server with a recorder of the settings it would have run with."""
+    calls: list[Settings] = []
+    monkeypatch.setattr(cli, "serve", calls.append)
+    return calls
+
+
+def run_main(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def test_serve_help_lists_every_setting_but_the_key() -> None:
+    result = loragate("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    for name in Settings.model_fields:
+        option = "--" + name.replace("_", "-")
+        if name == "api_key":
+            assert option not in result.stdout
+        else:
+            assert option in result.stdout
+    assert "--config" in result.stdout
+    assert "LORAGATE_MAX_REQUEST_BYTES" in result.stdout.replace("\n", "").replace(" ", "")
+
+
+def test_invalid_settings_exit_2_from_the_console_script() -> None:
+    result = loragate("serve", "--port", "70000")
+    assert result.returncode == 2
+    assert result.stderr.startswith("loragate: invalid settings:") and "port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["serve", "--port", "eighty"], "port"),
+        (["serve", "--max-n", "0"], "max_n"),
+        (["serve", "--max-request-bytes", "12"], "max_request_bytes"),
+        (["serve", "--environment", "production"], "LORAGATE_API_KEY"),
+        (["serve", "--log-level", "loud"], "--log-level"),
+        (["serve", "--dtype", "float8"], "--dtype"),
+        (["serve", "--api-key", "sk-on-the-command-line"], "--api-key"),
+        (["serve", "--no-such-option"], "--no-such-option"),
+    ],
+)
+def test_invalid_settings_exit_2(
+    argv: list[str], mentions: str, served: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run_main(argv, capsys)
+    assert code == 2
+    assert mentions in err
+    assert "Traceback" not in err
+    assert served == []
+
+
+def test_weak_production_key_is_refused_without_echo(
+    monkeypatch: pytest.MonkeyPatch, served: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LORAGATE_API_KEY", "weak-Key-42")
+    code, err = run_main(["serve", "--environment", "production"], capsys)
+    assert code == 2 and "weak-Key-42" not in err and served == []
+
+
+def test_invalid_yaml_setting_exits_2(
+    tmp_path: Path, served: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("max_batch_size: 0\nmystery: 1\n")
+    code, err = run_main(["serve", "--config", str(config)], capsys)
+    assert code == 2
+    assert "max_batch_size" in err and "mystery" in err
+
+
+def test_command_line_beats_env_beats_yaml(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    served: list[Settings],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "loragate.yaml"
+    config.write_text("port: 9001\nmax_n: 2\nmodel_name: from-yaml\ndtype: float16\n")
+    monkeypatch.setenv("LORAGATE_MAX_N", "3")
+    monkeypatch.setenv("LORAGATE_MODEL_NAME", "from-env")
+    monkeypatch.setenv("LORAGATE_API_KEY", "sk-from-env")
+    code, _ = run_main(
+        ["serve", "--config", str(config), "--model-name", "from-cli", "--threads", "2"], capsys
+    )
+    assert code == 0
+    (settings,) = served
+    assert (settings.port, settings.dtype) == (9001, "float16")  # YAML
+    assert settings.max_n == 3  # env
+    assert (settings.model_name, settings.threads) == ("from-cli", 2)  # command line
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "sk-from-env"
+    assert settings.host == "127.0.0.1"  # default
+
+
+def test_config_file_from_the_environment(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    served: list[Settings],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "loragate.yaml"
+    config.write_text("port: 9002\n")
+    monkeypatch.setenv("LORAGATE_CONFIG", str(config))
+    assert run_main(["serve"], capsys)[0] == 0
+    assert served[0].port == 9002
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_main([], capsys)
+    assert code == 2 and "serve" in err
