@@ -14,12 +14,14 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .base import Delta, FinishReason, GenerationRequest, SamplingParams
 from .kv_batch import KVBatch
+from .lora import LoraSlots
 from .sampling import make_generator, needs_processing, next_token
 from .text import Detokenizer, TextStream
 
@@ -33,6 +35,7 @@ class Job:
     request: GenerationRequest
     prompt_ids: list[int]
     loop: asyncio.AbstractEventLoop
+    adapter_path: Path | None = None  # where request.adapter's weights are (from the registry)
     queue: asyncio.Queue[Delta | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
@@ -66,8 +69,10 @@ class Scheduler:
         eos_token_ids: list[int],
         pad_token_id: int,
         max_batch_size: int,
+        max_loaded_adapters: int = 8,
     ):
-        self.model = model
+        self.lora = LoraSlots(model, max_loaded_adapters)
+        self.config = model.config
         self.tokenizer = tokenizer
         self.device = model.device
         self.eos_ids = torch.tensor(sorted(set(eos_token_ids)), device=self.device)
@@ -98,6 +103,11 @@ class Scheduler:
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The base model (PEFT, once an adapter is loaded, wraps it in ``lora.model``)."""
+        return self.lora.base
 
     @property
     def running(self) -> int:
@@ -142,7 +152,7 @@ class Scheduler:
         return taken
 
     def _admit(self) -> None:
-        jobs = self._take_waiting()
+        jobs = self._with_adapters_loaded(self._take_waiting())
         if not jobs:
             return
         self._admitting = jobs
@@ -153,14 +163,15 @@ class Scheduler:
             ids[i, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
             mask[i, width - len(job.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
+        cache = DynamicCache(config=self.config)
+        out = self.lora.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **self.lora.forward_kwargs([j.request.adapter for j in jobs]),
         )
         logits = out.logits[:, -1, :].float()
         expand = torch.repeat_interleave(
@@ -186,6 +197,25 @@ class Scheduler:
             self._accept(row, token)
         self._drop_finished()
 
+    def _with_adapters_loaded(self, jobs: list[Job]) -> list[Job]:
+        """Load the adapters these jobs need; a job whose adapter fails to load fails alone."""
+        in_use = {r.job.request.adapter for r in self._rows} | {j.request.adapter for j in jobs}
+        in_use.discard(None)
+        ready = []
+        for job in jobs:
+            name = job.request.adapter
+            try:
+                if name is not None:
+                    if job.adapter_path is None:
+                        raise ValueError(f"no path for adapter {name!r}")
+                    self.lora.ensure(name, job.adapter_path, in_use)  # type: ignore[arg-type]
+            except Exception as exc:
+                log.exception("loading adapter %s failed", name)
+                job.send(exc)
+                continue
+            ready.append(job)
+        return ready
+
     def _new_row(self, job: Job, index: int) -> _Row:
         params = job.request.sampling
         if params.seed is not None and index:  # n choices from one seed must differ
@@ -206,13 +236,14 @@ class Scheduler:
         assert self._batch is not None and self._next is not None
         batch = self._batch
         mask = torch.cat([batch.mask, batch.mask.new_ones((batch.rows, 1))], dim=1)
-        out = self.model(
+        out = self.lora.model(
             input_ids=self._next.view(-1, 1),
             attention_mask=mask,
             position_ids=batch.positions(),
             past_key_values=batch.cache,
             cache_position=torch.tensor([batch.columns], device=self.device),
             use_cache=True,
+            **self.lora.forward_kwargs([row.job.request.adapter for row in self._rows]),
         )
         batch.mask = mask
         logits = out.logits[:, -1, :]
