@@ -8,7 +8,8 @@ until then, in both the engine and ``generate``), greedy, on the same prompts:
 - ``generate, sequential``: one ``model.generate`` call per prompt (the reference)
 - ``generate, one batch``: one ``model.generate`` call over all prompts (the ceiling)
 - ``engine, concurrency C``: C concurrent requests into the embedded engine
-- ``gateway HTTP, concurrency C``: the same through uvicorn + SSE, from httpx
+- ``decode steps only, batch B``: bare forward passes on a warm cache, no prefill and
+  no sampling: the hardware's ceiling for any batching scheme on this machine
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from service.engines.base import ChatMessage, GenerationRequest, SamplingParams
+from service.engines.kv_batch import slack_cache
 from service.engines.local import LocalEngine
 from service.model_store import prepare_model
 
@@ -60,6 +62,22 @@ class Row:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
+
+
+def bench_decode_steps(engine: LocalEngine, batch: int, steps: int = 20) -> Row:
+    """Bare decode steps on a warm 64-token cache, no prefill, no sampling: the hardware's ceiling."""
+    assert engine._scheduler is not None
+    model = engine._scheduler.model
+    ids = torch.randint(0, 1000, (batch, 64), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        cache = slack_cache(model.config)
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = model(
+                input_ids=out.logits[:, -1].argmax(-1, keepdim=True), past_key_values=cache, use_cache=True
+            )
+    return Row(f"decode steps only, batch {batch}", batch, 0, batch * steps, time.perf_counter() - start)
 
 
 def bench_generate(engine: LocalEngine, prompts: list[str], new_tokens: int, batched: bool) -> Row:
@@ -120,19 +138,28 @@ def print_table(rows: list[Row], reference: Row) -> None:
     print(f"\n{'run':<30}{'conc.':>6}{'reqs':>6}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'vs seq':>8}")
     for r in rows:
         ratio = r.tokens_per_s / reference.tokens_per_s
-        print(f"{r.name:<30}{r.concurrency:>6}{r.requests:>6}{r.tokens:>8}{r.seconds:>9.2f}"
-              f"{r.tokens_per_s:>9.1f}{ratio:>7.1f}x")
+        print(
+            f"{r.name:<30}{r.concurrency:>6}{r.requests:>6}{r.tokens:>8}{r.seconds:>9.2f}"
+            f"{r.tokens_per_s:>9.1f}{ratio:>7.1f}x"
+        )
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, python {platform.python_version()}")
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, python {platform.python_version()}"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
     path = args.model_path or prepare_model(Path(args.data_dir) / "models" / "smollm2-135m-instruct")
-    engine = LocalEngine(Path(path), model_name="bench", dtype=args.dtype, threads=args.threads,
-                         max_batch_size=max(args.concurrency))
+    engine = LocalEngine(
+        Path(path),
+        model_name="bench",
+        dtype=args.dtype,
+        threads=args.threads,
+        max_batch_size=max(args.concurrency),
+    )
     engine.load()
     prompts = (PROMPTS * (args.requests // len(PROMPTS) + 1))[: args.requests]
     await bench_engine(engine, prompts[:2], 8, 2)  # warm-up
@@ -140,22 +167,29 @@ async def main(args: argparse.Namespace) -> None:
     rows.append(bench_generate(engine, prompts, args.new_tokens, batched=True))
     for c in args.concurrency:
         rows.append(await bench_engine(engine, prompts, args.new_tokens, c))
+    rows += [bench_decode_steps(engine, 1), bench_decode_steps(engine, max(args.concurrency))]
+    dtype = str(engine._scheduler.model.dtype).removeprefix("torch.")  # type: ignore[union-attr]
     await engine.close()
-    print(f"\nSmolLM2-135M-Instruct, {args.dtype}, {args.new_tokens} new tokens per request, greedy; {machine()}")
+    print(f"\nSmolLM2-135M-Instruct, {dtype}, {args.new_tokens} new tokens per request, greedy; {machine()}")
     print_table(rows, rows[0])
     best = max(r.tokens_per_s for r in rows if r.name == "engine")
-    print(f"\nengine at concurrency {max(args.concurrency)}: {best / rows[0].tokens_per_s:.1f}x sequential "
-          "generate (target: 8x)")
+    ceiling = rows[-1].tokens_per_s / rows[-2].tokens_per_s
+    print(
+        f"\nengine at concurrency {max(args.concurrency)}: {best / rows[0].tokens_per_s:.1f}x sequential "
+        f"generate (target: 8x); bare decode steps, batch {max(args.concurrency)} vs 1: {ceiling:.1f}x"
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2)
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", type=Path, help="default: the packaged SmolLM2, prepared under --data-dir")
     p.add_argument("--data-dir", default="data")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--requests", type=int, default=16)

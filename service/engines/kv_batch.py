@@ -9,9 +9,12 @@ real tokens, so rotary positions stay right whatever the padding.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 class KVBatch:
@@ -77,3 +80,57 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
 def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     missing = width - mask.shape[1]
     return mask if missing == 0 else F.pad(mask, (missing, 0))
+
+
+class SlackLayer(DynamicLayer):
+    """A DynamicLayer that writes new tokens into spare capacity instead of concatenating.
+
+    ``torch.cat`` on every step copies the whole cache (a fifth of a decode step on a
+    small CPU model); here a step writes one column and ``keys``/``values`` are views of
+    the first ``length`` columns. When ``KVBatch`` replaces the tensors (rows joining or
+    leaving), the next update copies them into a fresh buffer with room to grow.
+    """
+
+    _kbuf: torch.Tensor | None = None
+    _vbuf: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.keys.shape[-2] if self.keys.dim() == 4 else 0, key_states.shape[-2]
+        if not self._owns_views() or length + new > self._kbuf.shape[-2]:  # type: ignore[union-attr]
+            self._regrow(key_states, value_states, length, length + new)
+        assert self._kbuf is not None and self._vbuf is not None
+        self._kbuf[:, :, length : length + new] = key_states
+        self._vbuf[:, :, length : length + new] = value_states
+        self.keys = self._kbuf[:, :, : length + new]
+        self.values = self._vbuf[:, :, : length + new]
+        return self.keys, self.values
+
+    def _owns_views(self) -> bool:
+        return (
+            self._kbuf is not None
+            and self.keys.dim() == 4
+            and self.keys.data_ptr() == self._kbuf.data_ptr()
+            and self.keys.shape[0] == self._kbuf.shape[0]
+        )
+
+    def _regrow(self, k: torch.Tensor, v: torch.Tensor, length: int, needed: int) -> None:
+        capacity = max(needed + _SLACK, 2 * needed) if needed > _SLACK else needed + _SLACK
+        shape = (k.shape[0], k.shape[1], capacity, k.shape[3])
+        kbuf, vbuf = k.new_empty(shape), v.new_empty(shape)
+        if length:
+            kbuf[:, :, :length] = self.keys
+            vbuf[:, :, :length] = self.values
+        self._kbuf, self._vbuf = kbuf, vbuf
+
+
+_SLACK = 128
+
+
+def slack_cache(config: Any) -> DynamicCache:
+    cache = DynamicCache(config=config)
+    cache.layers = [SlackLayer() for _ in cache.layers]
+    return cache

@@ -26,6 +26,18 @@ class EngineFailure(LoragateError):
     """Generation failed inside the engine (500)."""
 
 
+def auto_dtype(device: str) -> Any:
+    """bfloat16 where the hardware computes it natively (GPUs, AVX512/AMX CPUs), else float32.
+
+    On an AVX2-only CPU, bfloat16 matmuls are emulated and run ~2x slower than float32.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    return torch.bfloat16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else torch.float32
+
+
 class LocalEngine:
     def __init__(
         self,
@@ -64,7 +76,7 @@ class LocalEngine:
         if self._threads:
             torch.set_num_threads(self._threads)
         device = self._device if self._device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self._dtype == "auto" else getattr(torch, self._dtype)
+        dtype = auto_dtype(device) if self._dtype == "auto" else getattr(torch, self._dtype)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(device).eval()
         eos = model.generation_config.eos_token_id

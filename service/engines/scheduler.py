@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from .base import Delta, FinishReason, GenerationRequest, SamplingParams
-from .kv_batch import KVBatch
+from .kv_batch import KVBatch, slack_cache
 from .lora import LoraSlots
 from .sampling import make_generator, needs_processing, next_token
 from .text import Detokenizer, TextStream
@@ -163,7 +163,7 @@ class Scheduler:
             ids[i, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
             mask[i, width - len(job.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache(config=self.config)
+        cache = slack_cache(self.config)
         out = self.lora.model(
             input_ids=ids,
             attention_mask=mask,
