@@ -2,6 +2,9 @@
 
     loragate serve [--config FILE] [--port 8000] ...   start the gateway
     loragate prepare-model                             convert the packaged model once
+    loragate keys create --tenant T [--department D]   a new API key, printed once
+    loragate keys revoke KEY_ID                        the key stops working on the next request
+    loragate keys list                                 ids, tenants, departments; never keys
 
 Every setting is an option of ``serve`` (``loragate serve --help``) and an
 environment variable with the ``LORAGATE_`` prefix.
@@ -17,6 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import Settings, SettingsError, load_settings
+
+if typing.TYPE_CHECKING:
+    from .keys import KeyStore
 
 _SECRET_FIELDS = {"api_key"}  # not on the command line: it would show in `ps`
 
@@ -44,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_options(serve)
     prepare = commands.add_parser("prepare-model", help="convert the packaged SmolLM2 once")
     prepare.add_argument("--data-dir", type=Path, default=None)
+    _add_keys_commands(commands)
     return parser
 
 
@@ -76,6 +83,72 @@ def serve(settings: Settings) -> None:
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
+def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser(
+        "keys",
+        help="create, revoke and list API keys",
+        description="API keys of the tenants. Only hashes are stored; a running gateway sees changes at once.",
+    )
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    create = actions.add_parser("create", help="a new key for a tenant, printed once")
+    create.add_argument("--tenant", required=True, help="a tenant of the tenants file")
+    create.add_argument("--department", help="pin the key to this department of the tenant")
+    revoke = actions.add_parser("revoke", help="the key stops working on the next request")
+    revoke.add_argument("key_id", help="the key's id, as `keys list` shows it")
+    listing = actions.add_parser("list", help="ids, tenants, departments and status; never keys")
+    for action in (create, revoke, listing):
+        action.add_argument("--config", type=Path, help="YAML settings file (env LORAGATE_CONFIG)")
+        for name in ("tenants_file", "keys_file"):
+            field = Settings.model_fields[name]
+            action.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=name,
+                metavar=name.upper(),
+                help=f"{field.description} (default: {field.default}; env LORAGATE_{name.upper()})",
+            )
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from .errors import LoragateError
+    from .keys import KeyStore, KeyStoreError
+    from .tenancy import TenantDirectory, TenantsFileError
+
+    settings = _settings(args)
+    try:
+        store = KeyStore(settings.keys_file, TenantDirectory(settings.tenants_file, settings.model_name))
+        if args.keys_command == "create":
+            key_id, key = store.create(args.tenant, args.department)
+            scope = f"tenant {args.tenant}" + (f", department {args.department}" if args.department else "")
+            print(f"Created API key {key_id} for {scope}.")
+            print(f"The key is shown only this once; keep it somewhere safe:\n  {key}")
+        elif args.keys_command == "revoke":
+            record = store.revoke(args.key_id)
+            print(f"Revoked API key {record.key_id} (tenant {record.tenant}).")
+        else:
+            _print_keys(store, settings.keys_file)
+    except (TenantsFileError, KeyStoreError) as exc:
+        print(f"loragate: {exc}", file=sys.stderr)
+        return 2
+    except LoragateError as exc:
+        print(f"loragate: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_keys(store: KeyStore, path: Path) -> None:
+    records = store.list()
+    if not records:
+        print(f"No API keys in {path}.")
+        return
+    rows = [("ID", "TENANT", "DEPARTMENT", "CREATED", "STATUS")]
+    rows += [
+        (r.key_id, r.tenant, r.department or "-", r.created, "revoked" if r.revoked else "active") for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -86,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             data_dir = args.data_dir or load_settings().data_dir
             print(prepare_model(Settings(data_dir=data_dir).resolved_model_path))
+        elif args.command == "keys":
+            return run_keys(args)
     except SettingsError as exc:
         print(f"loragate: invalid settings: {exc}", file=sys.stderr)
         return 2

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error"
     )
+    tenants_file: Path | None = Field(
+        None, description="YAML file of tenants, departments and adapters; none: single-tenant mode"
+    )
+    keys_file: Path = Field(Path("data/keys.json"), description="API keys of the tenants, stored as hashes")
+    department_header: str = Field("X-Department", description="request header that selects the department")
+    prompts_dir: Path = Field(Path("prompts"), description="folder of the tenants' L1 prompt templates")
+    registry_dir: Path = Field(Path("data/registry"), description="folder of the adapter registry")
+    max_loaded_adapters: int = Field(
+        8, ge=1, description="adapters the embedded engine keeps loaded; least recently used ones go first"
+    )
 
     @classmethod
     def settings_customise_sources(
