@@ -1,0 +1,204 @@
+"""API keys of the tenants: stored only as hashes, compared in constant time, never logged.
+
+The keys file (JSON, mode 0600, ``LORAGATE_KEYS_FILE``)::
+
+    {"keys": [{"id": "key_ab12cd34", "sha256": "<hex>", "tenant": "acme", "department": "it" | null,
+               "created": "2026-01-01T00:00:00Z", "revoked": false}]}
+
+``loragate keys create|revoke`` change it under an exclusive lock and replace it atomically (a temp
+file, then ``os.replace``); a running gateway re-reads it when it changes, so a new or revoked key
+takes effect on the next request, with no restart.
+
+Why plain SHA-256 and not a slow password hash: keys are 256 random bits (``secrets``), not
+something a person chose, so there is no dictionary to try and brute force is out of reach; a slow
+hash would only add its cost to every request.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import NotFoundError
+
+if TYPE_CHECKING:
+    from .tenancy import TenantDirectory
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "lg-"
+ID_PREFIX = "key_"
+
+_Entry = tuple[str, "KeyRecord"]  # (sha256 hex of the key, its record)
+_Entries = list[_Entry]  # an alias, as `list` in the class body is KeyStore.list
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: str
+    tenant: str
+    department: str | None  # the department the key is pinned to
+    created: str  # ISO 8601, UTC
+    revoked: bool = False
+
+
+class KeyStoreError(ValueError):
+    """A keys file that cannot be read; the message names the file (and never holds a key or hash)."""
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is edited or replaced (None when it is missing): for reloading on change."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+class KeyStore:
+    """The keys file; ``tenants`` checks that a new key's tenant and department exist."""
+
+    def __init__(self, path: Path, tenants: TenantDirectory):
+        self.path = path
+        self.tenants = tenants
+        self._lock = threading.Lock()
+        self._signature = file_signature(path)
+        self._entries: _Entries = self._read()
+
+    def create(self, tenant: str, department: str | None = None) -> tuple[str, str]:
+        """A new key for ``tenant`` (pinned to ``department`` if given): ``(key_id, key)``.
+
+        The key itself is returned once and stored nowhere; only its hash is written.
+        """
+        self.tenants.check_scope(tenant, department)
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self._update() as entries:
+            taken = {record.key_id for _, record in entries}
+            key_id = ID_PREFIX + secrets.token_hex(4)
+            while key_id in taken:
+                key_id = ID_PREFIX + secrets.token_hex(4)
+            entries.append((_digest(key), KeyRecord(key_id, tenant, department, created)))
+        return key_id, key
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        """Mark a key revoked (it stops working on the next request); revoking twice is harmless."""
+        with self._update() as entries:
+            for i, (digest, record) in enumerate(entries):
+                if record.key_id == key_id:
+                    entries[i] = (digest, replace(record, revoked=True))
+                    return entries[i][1]
+            raise NotFoundError(f"{self.path}: there is no API key with id {key_id!r}")
+
+    def lookup(self, key: str) -> KeyRecord | None:
+        """The record of an active key, or None (unknown or revoked).
+
+        Every stored hash is compared, each with ``hmac.compare_digest``, so the time taken does not
+        depend on how much of a hash matched.
+        """
+        digest = _digest(key).encode()
+        found = None
+        for stored, record in self._current():
+            if hmac.compare_digest(digest, stored.encode()) and not record.revoked:
+                found = record
+        return found
+
+    def list(self) -> builtins.list[KeyRecord]:
+        """Every key's record (never the key or its hash), oldest first."""
+        return sorted((record for _, record in self._current()), key=lambda r: (r.created, r.key_id))
+
+    # -- the file ------------------------------------------------------------------------------------
+    def _current(self) -> _Entries:
+        with self._lock:
+            signature = file_signature(self.path)
+            if signature != self._signature:
+                self._signature = signature  # a broken version is reported once, not on every request
+                try:
+                    self._entries = self._read()
+                except KeyStoreError as exc:
+                    log.error("%s; the previous keys stay in force", exc)
+            return self._entries
+
+    def _read(self) -> _Entries:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise KeyStoreError(f"{self.path}: cannot read the keys file ({exc.strerror})") from None
+        try:
+            return [_entry(item) for item in json.loads(text)["keys"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyStoreError(f"{self.path}: not a valid keys file ({type(exc).__name__})") from None
+
+    @contextmanager
+    def _update(self) -> Iterator[_Entries]:
+        """Read, change and write the file under an exclusive lock (other ``loragate keys`` wait)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = self._read()  # the file as it is now; a broken one is not overwritten
+            yield entries
+            self._write(entries)
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _write(self, entries: _Entries) -> None:
+        # mkstemp creates the file with mode 0600, whatever the umask; os.replace makes the swap atomic
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"keys": [_item(digest, record) for digest, record in entries]}, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def _entry(item: dict[str, Any]) -> _Entry:
+    department = item.get("department")
+    record = KeyRecord(
+        key_id=str(item["id"]),
+        tenant=str(item["tenant"]),
+        department=None if department is None else str(department),
+        created=str(item["created"]),
+        revoked=bool(item.get("revoked", False)),
+    )
+    digest = item["sha256"]
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ValueError("sha256")
+    return digest, record
+
+
+def _item(digest: str, record: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.key_id,
+        "sha256": digest,
+        "tenant": record.tenant,
+        "department": record.department,
+        "created": record.created,
+        "revoked": record.revoked,
+    }

@@ -1,0 +1,318 @@
+"""Tenants and departments: who is calling, and which department and adapter serve the request.
+
+The tenants file (YAML, ``LORAGATE_TENANTS_FILE``; see ``prompts/tenants.example.yaml``) declares
+each tenant's departments (an adapter alias or none, an L1 template or none, template variables),
+the extra adapter aliases the tenant may use, its default department and its caps. It is re-read
+when it changes; a broken version is refused with a logged error and the previous one keeps serving.
+
+Selection rule (``Tenancy.route``)
+----------------------------------
+1. Department: the department header (``X-Department``, ``LORAGATE_DEPARTMENT_HEADER``) when sent;
+   else the department the API key is pinned to; else the tenant's ``default_department``.
+   A key pinned to one department that names another in the header gets 403 ``permission_denied``.
+2. A department this tenant does not have gets 403 ``permission_denied`` when another tenant has it,
+   404 when no tenant has it. The 403 reads the same whichever tenant has it, and never names it.
+3. ``model`` names the base model: the department's adapter serves (the base model if it has none).
+   ``model`` names an adapter alias the tenant may use: that adapter serves; the explicit model wins
+   over the department's adapter, and the department still chooses the L1 template. An alias only
+   other tenants may use gets 403 (same no-leak wording); any other name gets 404 ``model_not_found``.
+4. Caps: ``Tenant.max_tokens`` bounds a request's ``max_tokens``; the gateway applies it.
+
+A key pinned to a department is pinned for its L1 template and default adapter; like any key of its
+tenant, it may still name any of the tenant's adapters in ``model``.
+
+Without a tenants file the gateway is single-tenant: one tenant ``default`` with one department
+``general`` (base model, no template, no caps). The bootstrap key (``LORAGATE_API_KEY``) always
+authenticates as tenant ``default``: the file's when it defines one, else the built-in one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .errors import AuthenticationError, ModelNotFoundError, NotFoundError, PermissionDeniedError
+from .keys import KeyStore, file_signature
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+DEFAULT_DEPARTMENT = "general"
+BOOTSTRAP_KEY_ID = "bootstrap"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63})*$"  # no "..", no leading "/"
+
+MISSING_KEY = "You didn't provide an API key. Send it in the Authorization header as `Bearer YOUR_KEY`."
+WRONG_KEY = "Incorrect API key provided."
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+TemplateName = Annotated[str, StringConstraints(pattern=TEMPLATE_PATTERN)]
+
+
+# -- what the rest of the gateway sees ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Department:
+    name: str
+    adapter: str | None  # registry alias; None = the base model, L1 only
+    template: str | None  # template name, e.g. "acme/it"; None = no L1 template
+    variables: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    departments: Mapping[str, Department]
+    default_department: str
+    adapters: frozenset[str]  # aliases the tenant may use (its departments' adapters always included)
+    max_tokens: int | None  # cap on max_tokens per request
+    variables: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant: Tenant
+    pinned_department: str | None
+
+
+@dataclass(frozen=True)
+class Route:
+    tenant: Tenant
+    department: Department
+    adapter: str | None  # alias to serve; None = the base model
+
+
+def builtin_tenant() -> Tenant:
+    """The single-tenant mode's tenant, and the bootstrap key's when the file has no ``default``."""
+    general = Department(DEFAULT_DEPARTMENT, None, None, MappingProxyType({}))
+    empty: Mapping[str, str] = MappingProxyType({})
+    return Tenant(
+        DEFAULT_TENANT, MappingProxyType({general.name: general}), general.name, frozenset(), None, empty
+    )
+
+
+# -- the file's schema -------------------------------------------------------------------------------
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
+class DepartmentSpec(_Spec):
+    adapter: Name | None = Field(None, description="registry alias of the adapter; none: the base model")
+    template: TemplateName | None = Field(None, description="L1 template under prompts/, e.g. acme/it")
+    variables: dict[str, str] = Field(default_factory=dict, description="values for the template")
+
+
+class TenantSpec(_Spec):
+    departments: dict[Name, DepartmentSpec] = Field(min_length=1)
+    default_department: Name | None = Field(None, description="optional when there is one department")
+    adapters: list[Name] = Field(default_factory=list, description="further aliases the tenant may use")
+    max_tokens: int | None = Field(None, ge=1, description="cap on a request's max_tokens")
+    variables: dict[str, str] = Field(default_factory=dict, description="values for all its templates")
+
+    @field_validator("departments", mode="before")
+    @classmethod
+    def _bare_departments(cls, value: Any) -> Any:  # "it:" with nothing under it
+        return {k: {} if v is None else v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _default_is_a_department(self) -> TenantSpec:
+        if self.default_department is None:
+            if len(self.departments) > 1:
+                raise ValueError("default_department is required when there is more than one department")
+            self.default_department = next(iter(self.departments))
+        elif self.default_department not in self.departments:
+            raise ValueError(f"default_department {self.default_department!r} is not one of its departments")
+        return self
+
+
+class TenantsFile(_Spec):
+    tenants: dict[Name, TenantSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_alias_is_the_base_model(self, info: ValidationInfo) -> TenantsFile:
+        base = str((info.context or {}).get("base_model", "")).casefold()
+        for name, tenant in self.tenants.items():
+            aliases = [*tenant.adapters, *(d.adapter for d in tenant.departments.values() if d.adapter)]
+            if base and any(alias.casefold() == base for alias in aliases):
+                raise ValueError(f"tenant {name!r}: an adapter alias may not be the base model's name")
+        return self
+
+
+def _tenant(name: str, spec: TenantSpec) -> Tenant:
+    departments = {
+        d: Department(d, s.adapter, s.template, MappingProxyType(dict(s.variables)))
+        for d, s in spec.departments.items()
+    }
+    adapters = frozenset(spec.adapters) | {d.adapter for d in departments.values() if d.adapter}
+    assert spec.default_department is not None  # filled in by the validator
+    variables = MappingProxyType(dict(spec.variables))
+    return Tenant(
+        name, MappingProxyType(departments), spec.default_department, adapters, spec.max_tokens, variables
+    )
+
+
+class TenantsFileError(ValueError):
+    """A tenants file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    tenants: Mapping[str, Tenant]
+    departments: frozenset[str]  # every department name of every tenant
+    adapters: frozenset[str]  # every alias any tenant may use
+
+    @classmethod
+    def of(cls, tenants: Iterable[Tenant]) -> _Snapshot:
+        by_name = {t.name: t for t in tenants}
+        return cls(
+            MappingProxyType(by_name),
+            frozenset(d for t in by_name.values() for d in t.departments),
+            frozenset(a for t in by_name.values() for a in t.adapters),
+        )
+
+
+class TenantDirectory:
+    """The tenants file, re-read when it changes; a broken edit keeps the previous version serving."""
+
+    def __init__(self, path: Path | None, base_model: str):
+        self.path = path
+        self.base_model = base_model
+        self._lock = threading.Lock()
+        self._signature = file_signature(path) if path else None
+        self._snapshot = self._load() if path else _Snapshot.of([builtin_tenant()])
+
+    def get(self, name: str) -> Tenant | None:
+        return self._current().tenants.get(name)
+
+    def all(self) -> list[Tenant]:
+        return sorted(self._current().tenants.values(), key=lambda t: t.name)
+
+    def has_department(self, name: str) -> bool:
+        """Whether any tenant has a department of this name."""
+        return name in self._current().departments
+
+    def has_adapter(self, alias: str) -> bool:
+        """Whether any tenant may use this adapter alias."""
+        return alias in self._current().adapters
+
+    def check_scope(self, tenant: str, department: str | None) -> None:
+        """Raise NotFoundError unless ``tenant`` (and its ``department``) exist; for new API keys."""
+        source = str(self.path) if self.path else "single-tenant mode (no tenants file)"
+        found = self.get(tenant)
+        if found is None:
+            raise NotFoundError(f"{source}: there is no tenant {tenant!r}")
+        if department is not None and department not in found.departments:
+            raise NotFoundError(f"{source}: tenant {tenant!r} has no department {department!r}")
+
+    def _current(self) -> _Snapshot:
+        if self.path is None:
+            return self._snapshot
+        with self._lock:
+            signature = file_signature(self.path)
+            if signature != self._signature:
+                self._signature = signature  # a broken version is reported once, not on every request
+                try:
+                    self._snapshot = self._load()
+                    log.info("tenants file %s reloaded (%d tenants)", self.path, len(self._snapshot.tenants))
+                except TenantsFileError as exc:
+                    log.error("%s; the previous version keeps serving", exc)
+            return self._snapshot
+
+    def _load(self) -> _Snapshot:
+        assert self.path is not None
+        try:
+            data = yaml.safe_load(self.path.read_text())
+        except OSError as exc:
+            raise TenantsFileError(f"{self.path}: cannot read the tenants file ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise TenantsFileError(f"{self.path}: not valid YAML: {exc}") from None
+        try:
+            spec = TenantsFile.model_validate(data, context={"base_model": self.base_model})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise TenantsFileError(f"{self.path}: {problems}") from None
+        return _Snapshot.of(_tenant(name, t) for name, t in spec.tenants.items())
+
+
+def _department_denied(name: str) -> PermissionDeniedError:
+    return PermissionDeniedError(f"The department `{name}` is not available to this API key.")
+
+
+class Tenancy:
+    """API key -> tenant; department header and ``model`` -> department and adapter (see the module doc)."""
+
+    def __init__(
+        self, tenants: TenantDirectory, keys: KeyStore, base_model: str, bootstrap_key: SecretStr | None
+    ):
+        self.tenants = tenants
+        self.keys = keys
+        self.base_model = base_model
+        self._bootstrap = bootstrap_key
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """``Bearer <key>`` -> who is calling; keys are compared in constant time and never logged."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError(MISSING_KEY)
+        bootstrap = self._bootstrap.get_secret_value() if self._bootstrap else None
+        if bootstrap and hmac.compare_digest(token.encode(), bootstrap.encode()):
+            return Principal(BOOTSTRAP_KEY_ID, self.tenants.get(DEFAULT_TENANT) or builtin_tenant(), None)
+        record = self.keys.lookup(token)
+        if record is None:
+            raise AuthenticationError(WRONG_KEY)
+        tenant = self.tenants.get(record.tenant)
+        if tenant is None:
+            raise AuthenticationError("This API key's tenant is no longer configured.")
+        return Principal(record.key_id, tenant, record.department)
+
+    def route(self, principal: Principal, department_header: str | None, model: str) -> Route:
+        tenant, pinned = principal.tenant, principal.pinned_department
+        requested = (department_header or "").strip().lower() or None
+        name = requested or pinned or tenant.default_department
+        department = tenant.departments.get(name)
+        if department is None:
+            if self.tenants.has_department(name):
+                raise _department_denied(name)
+            raise NotFoundError(f"The department `{name}` does not exist.", code="department_not_found")
+        if requested is not None and pinned is not None and requested != pinned:
+            raise _department_denied(name)
+        if model == self.base_model:
+            adapter = department.adapter
+        elif model in tenant.adapters:
+            adapter = model
+        elif self.tenants.has_adapter(model):
+            raise PermissionDeniedError(
+                f"The model `{model}` is not available to this API key.", param="model"
+            )
+        else:
+            raise ModelNotFoundError(
+                f"The model `{model}` does not exist or you do not have access to it.", param="model"
+            )
+        return Route(tenant, department, adapter)
+
+    def visible_models(self, principal: Principal) -> list[str]:
+        """The base model first, then the adapter aliases the tenant may use, sorted."""
+        return [self.base_model, *sorted(principal.tenant.adapters)]
