@@ -23,8 +23,13 @@ from .chat import ChatService
 from .config import Settings
 from .engines.base import Engine
 from .errors import LoragateError, error_envelope
+from .keys import KeyStore
 from .middleware import GatewayMiddleware
+from .planning import Planner
+from .prompts import TemplateStore
+from .registry import Registry
 from .state import AppState
+from .tenancy import Tenancy, TenantDirectory
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +49,14 @@ def default_engine(settings: Settings) -> Engine:
         threads=settings.threads,
         max_batch_size=settings.max_batch_size,
         max_context=settings.max_context,
+        max_loaded_adapters=settings.max_loaded_adapters,
         prepare=None if settings.model_path else lambda: prepare_model(path),
     )
+
+
+def build_tenancy(settings: Settings) -> Tenancy:
+    tenants = TenantDirectory(settings.tenants_file, settings.model_name)
+    return Tenancy(tenants, KeyStore(settings.keys_file, tenants), settings.model_name, settings.api_key)
 
 
 def create_app(settings: Settings, engine_factory: EngineFactory = default_engine) -> FastAPI:
@@ -55,8 +66,19 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = engine_factory(settings)
+        tenancy = build_tenancy(settings)
+        registry = Registry(
+            settings.registry_dir,
+            settings.model_name,
+            base_aliases=(str(settings.resolved_model_path), settings.resolved_model_path.name),
+        )
+        planner = Planner(settings, engine, tenancy, TemplateStore(settings.prompts_dir), registry)
         app.state.loragate = AppState(
-            settings=settings, engine=engine, chat=ChatService(engine, settings), created=int(time.time())
+            settings=settings,
+            engine=engine,
+            tenancy=tenancy,
+            chat=ChatService(engine, planner),
+            created=int(time.time()),
         )
         await engine.start()
         try:

@@ -1,7 +1,7 @@
-"""Chat completions: request -> engine request -> OpenAI response or SSE stream.
+"""Chat completions: a request's plan (see planning.py) -> engine -> OpenAI response or SSE.
 
-The route stays thin; everything between the wire model and the engine lives
-here, so both the streaming and the non-streaming paths share one validation.
+The route stays thin; the streaming and non-streaming paths share one plan,
+and hidden chain-of-thought is filtered out of the engine's deltas for both.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .config import Settings
-from .engines.base import ChatMessage, Delta, Engine, GenerationRequest, SamplingParams
-from .errors import InvalidRequestError, LoragateError, ModelNotFoundError
+from .engines.base import Delta, Engine
+from .errors import LoragateError
+from .planning import Plan, Planner
 from .protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -25,7 +25,9 @@ from .protocol import (
     Usage,
     new_completion_id,
 )
+from .reasoning import HiddenReasoning
 from .sse import DONE, event
+from .tenancy import Principal
 
 log = logging.getLogger(__name__)
 
@@ -33,47 +35,23 @@ log = logging.getLogger(__name__)
 @dataclass
 class ChatService:
     engine: Engine
-    settings: Settings
+    planner: Planner
 
-    def served_models(self) -> list[str]:
-        return [self.engine.model_name]
+    async def plan(
+        self, body: ChatCompletionRequest, principal: Principal, department: str | None, request_id: str
+    ) -> Plan:
+        return await self.planner.plan(body, principal, department, request_id)
 
-    def to_engine_request(self, body: ChatCompletionRequest, request_id: str) -> GenerationRequest:
-        if body.model not in self.served_models():
-            raise ModelNotFoundError(
-                f"The model `{body.model}` does not exist or you do not have access to it.", param="model"
-            )
-        if body.n > self.settings.max_n:
-            raise InvalidRequestError(f"n must be at most {self.settings.max_n}.", param="n")
-        if body.max_tokens and body.max_completion_tokens and body.max_tokens != body.max_completion_tokens:
-            raise InvalidRequestError(
-                "max_tokens and max_completion_tokens disagree; send one of them.", param="max_tokens"
-            )
-        temperature = 1.0 if body.temperature is None else body.temperature
-        max_tokens = body.max_completion_tokens or body.max_tokens or self.settings.default_max_tokens
-        if body.min_tokens > max_tokens:
-            raise InvalidRequestError("min_tokens must not exceed max_tokens.", param="min_tokens")
-        sampling = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=max(body.top_k or 0, 0),
-            min_p=body.min_p or 0.0,
-            repetition_penalty=body.repetition_penalty or 1.0,
-            min_tokens=body.min_tokens,
-            ignore_eos=body.ignore_eos,
-            seed=body.seed,
-            stop=tuple(body.stop),
-        )
-        messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
-        return GenerationRequest(request_id=request_id, messages=messages, sampling=sampling, n=body.n)
+    def _deltas(self, plan: Plan) -> AsyncIterator[Delta]:
+        deltas = self.engine.stream(plan.request)
+        return _without_reasoning(deltas) if plan.hide_reasoning else deltas
 
-    async def complete(self, body: ChatCompletionRequest, request_id: str) -> ChatCompletion:
-        request = self.to_engine_request(body, request_id)
+    async def complete(self, plan: Plan, body: ChatCompletionRequest) -> ChatCompletion:
+        request = plan.request
         texts = [""] * request.n
         reasons: list[str | None] = [None] * request.n
         prompt_tokens = completion_tokens = 0
-        async with aclosing(self.engine.stream(request)) as deltas:
+        async with aclosing(self._deltas(plan)) as deltas:
             async for delta in deltas:
                 texts[delta.index] += delta.text
                 if delta.finish_reason is not None:
@@ -94,16 +72,15 @@ class ChatService:
             ),
         )
 
-    async def open_stream(self, body: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
-        """Validate and start generating; errors up to the first token raise here (a real HTTP error)."""
-        request = self.to_engine_request(body, request_id)
-        deltas = self.engine.stream(request)
+    async def open_stream(self, plan: Plan, body: ChatCompletionRequest) -> AsyncIterator[str]:
+        """Start generating; errors up to the first token raise here (a real HTTP error)."""
+        deltas = self._deltas(plan)
         try:
             first = await anext(deltas)
         except BaseException:
             await deltas.aclose()
             raise
-        return self._sse(body, request.n, first, deltas)
+        return self._sse(body, plan.request.n, first, deltas)
 
     async def _sse(
         self, body: ChatCompletionRequest, n: int, first: Delta, deltas: AsyncIterator[Delta]
@@ -138,10 +115,24 @@ class ChatService:
                     completion_tokens=completion_tokens,
                     total_tokens=prompt_tokens + completion_tokens,
                 )
-                yield event(ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[], usage=usage))
+                yield event(
+                    ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[], usage=usage)
+                )
         except LoragateError as exc:
             yield event(exc.envelope())
         except Exception:
             log.exception("stream failed")
             yield event(LoragateError("The server failed while streaming this response.").envelope())
         yield DONE
+
+
+async def _without_reasoning(deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """Hidden chain of thought: each choice's text before the answer marker never leaves."""
+    filters: dict[int, HiddenReasoning] = {}
+    async with aclosing(deltas):  # type: ignore[type-var]
+        async for delta in deltas:
+            hidden = filters.setdefault(delta.index, HiddenReasoning())
+            text = hidden.feed(delta.text)
+            if delta.finish_reason is not None:
+                text += hidden.finish()
+            yield replace(delta, text=text)

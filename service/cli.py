@@ -5,6 +5,7 @@
     loragate keys create --tenant T [--department D]   a new API key, printed once
     loragate keys revoke KEY_ID                        the key stops working on the next request
     loragate keys list                                 ids, tenants, departments; never keys
+    loragate adapters list|publish|promote|rollback    the adapter registry
 
 Every setting is an option of ``serve`` (``loragate serve --help``) and an
 environment variable with the ``LORAGATE_`` prefix.
@@ -19,6 +20,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_adapters import add_adapter_commands, run_adapters
 from .config import Settings, SettingsError, load_settings
 
 if typing.TYPE_CHECKING:
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare-model", help="convert the packaged SmolLM2 once")
     prepare.add_argument("--data-dir", type=Path, default=None)
     _add_keys_commands(commands)
+    add_adapter_commands(commands)
     return parser
 
 
@@ -87,7 +90,7 @@ def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     keys = commands.add_parser(
         "keys",
         help="create, revoke and list API keys",
-        description="API keys of the tenants. Only hashes are stored; a running gateway sees changes at once.",
+        description="API keys of the tenants: only hashes are stored; a running gateway sees changes.",
     )
     actions = keys.add_subparsers(dest="keys_command", required=True)
     create = actions.add_parser("create", help="a new key for a tenant, printed once")
@@ -142,7 +145,8 @@ def _print_keys(store: KeyStore, path: Path) -> None:
         return
     rows = [("ID", "TENANT", "DEPARTMENT", "CREATED", "STATUS")]
     rows += [
-        (r.key_id, r.tenant, r.department or "-", r.created, "revoked" if r.revoked else "active") for r in records
+        (r.key_id, r.tenant, r.department or "-", r.created, "revoked" if r.revoked else "active")
+        for r in records
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -161,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(prepare_model(Settings(data_dir=data_dir).resolved_model_path))
         elif args.command == "keys":
             return run_keys(args)
+        elif args.command == "adapters":
+            return run_adapters(args, _settings(args))
     except SettingsError as exc:
         print(f"loragate: invalid settings: {exc}", file=sys.stderr)
         return 2

@@ -78,17 +78,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_servable(folder: Path) -> dict[str, Any]:
-    """Refuse what vLLM would refuse; return the adapter's config."""
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        raise AdapterRejected(f"{folder} needs {CONFIG} and {WEIGHTS}")
-    config: dict[str, Any] = json.loads((folder / CONFIG).read_text())
+def _config_problems(config: dict[str, Any]) -> list[str]:
     problems = []
     rank = config.get("r")
     if rank not in VLLM_LORA_RANKS:
         problems.append(f"rank {rank} is not one vLLM serves ({sorted(VLLM_LORA_RANKS)})")
     if config.get("modules_to_save"):
-        problems.append(f"modules_to_save {config['modules_to_save']} (full copies of layers) is not supported")
+        problems.append(f"modules_to_save {config['modules_to_save']} (full layer copies) is not supported")
     if config.get("use_dora"):
         problems.append("DoRA adapters are not supported")
     if config.get("bias", "none") != "none":
@@ -100,6 +96,15 @@ def check_servable(folder: Path) -> dict[str, Any]:
         problems.append("trainable token deltas (added tokens) are not supported")
     if not config.get("target_modules"):
         problems.append("target_modules is empty")
+    return problems
+
+
+def check_servable(folder: Path) -> dict[str, Any]:
+    """Refuse what vLLM would refuse; return the adapter's config."""
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        raise AdapterRejected(f"{folder} needs {CONFIG} and {WEIGHTS}")
+    config: dict[str, Any] = json.loads((folder / CONFIG).read_text())
+    problems = _config_problems(config)
     from safetensors import safe_open
 
     with safe_open(folder / WEIGHTS, framework="pt") as weights:
@@ -120,6 +125,7 @@ class Registry:
         self._lock = threading.Lock()
         self._aliases: dict[str, dict[str, Any]] = {}
         self._aliases_mtime: float | None = None
+        self._verified: dict[Path, tuple[str, int, int]] = {}  # folder -> checked (sha256, mtime, size)
 
     # -- adapters ------------------------------------------------------------
     def _folder(self, name: str, version: int) -> Path:
@@ -139,7 +145,9 @@ class Registry:
         config = check_servable(source)
         base = str(config.get("base_model_name_or_path") or self.base_model)
         if base.casefold() not in self._base_names and Path(base).name.casefold() not in self._base_names:
-            raise AdapterRejected(f"adapter {name!r} was trained on {base!r}, not the served {self.base_model!r}")
+            raise AdapterRejected(
+                f"adapter {name!r} was trained on {base!r}, not the served {self.base_model!r}"
+            )
         version = version or 1 + max((a.manifest.version for a in self.versions(name)), default=0)
         target = self._folder(name, version)
         if target.exists():
@@ -172,11 +180,15 @@ class Registry:
         manifest = AdapterManifest.model_validate_json((folder / MANIFEST).read_text())
         if manifest.base_model != self.base_model:
             raise AdapterRejected(
-                f"{manifest.ref} is for base model {manifest.base_model!r}, not the served {self.base_model!r}"
+                f"{manifest.ref} is for base model {manifest.base_model!r}, not the served {self.base_model!r}"  # noqa: E501
             )
         check_servable(folder)
-        if sha256_of(folder / WEIGHTS) != manifest.sha256:
-            raise AdapterRejected(f"{manifest.ref}: the weights' sha256 does not match the manifest")
+        stat = (folder / WEIGHTS).stat()
+        stamp = (manifest.sha256, stat.st_mtime_ns, stat.st_size)
+        if self._verified.get(folder) != stamp:  # hash once per file version, not per request
+            if sha256_of(folder / WEIGHTS) != manifest.sha256:
+                raise AdapterRejected(f"{manifest.ref}: the weights' sha256 does not match the manifest")
+            self._verified[folder] = stamp
         return Adapter(manifest, folder)
 
     def versions(self, name: str) -> list[Adapter]:
@@ -186,7 +198,9 @@ class Registry:
         found = []
         for child in folder.iterdir():
             if child.name.isdigit() and (child / MANIFEST).is_file():
-                found.append(Adapter(AdapterManifest.model_validate_json((child / MANIFEST).read_text()), child))
+                found.append(
+                    Adapter(AdapterManifest.model_validate_json((child / MANIFEST).read_text()), child)
+                )
         return sorted(found, key=lambda a: a.manifest.version)
 
     def names(self) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,13 +10,14 @@ from fastapi import Depends, Request
 from .chat import ChatService
 from .config import Settings
 from .engines.base import Engine
-from .errors import AuthenticationError
+from .tenancy import Principal, Tenancy
 
 
 @dataclass
 class AppState:
     settings: Settings
     engine: Engine
+    tenancy: Tenancy
     chat: ChatService
     created: int  # when this server started, for /v1/models
 
@@ -30,17 +30,9 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def require_api_key(request: Request, state: StateDep) -> None:
-    """Bearer-token check; the key is compared in constant time and never logged."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError(
-            "You didn't provide an API key. Send it in the Authorization header as `Bearer YOUR_KEY`."
-        )
-    key = state.settings.api_key
-    if key is None or not hmac.compare_digest(token.strip().encode(), key.get_secret_value().encode()):
-        raise AuthenticationError("Incorrect API key provided.")
+def authenticate(request: Request, state: StateDep) -> Principal:
+    """Bearer key -> tenant (and pinned department); keys are compared as hashes, in constant time."""
+    return state.tenancy.authenticate(request.headers.get("authorization"))
 
 
-AuthDep = Depends(require_api_key)
+PrincipalDep = Annotated[Principal, Depends(authenticate)]

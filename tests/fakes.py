@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from service.engines.base import Delta, EngineHealth, FinishReason, GenerationRequest
-from service.errors import EngineUnavailableError, ModelNotFoundError
+from service.errors import EngineUnavailableError
 
 
 @dataclass
@@ -33,6 +34,7 @@ class FakeEngine:
     started: bool = False
     closed: bool = False
     aborted: int = 0  # streams closed before their last delta
+    adapters: dict[str, Path] = field(default_factory=dict)  # what ensure_adapter registered
 
     async def start(self) -> None:
         self.started = True
@@ -56,8 +58,8 @@ class FakeEngine:
             if finished < request.n:
                 self.aborted += 1
 
-    async def ensure_adapter(self, name: str) -> None:
-        raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
+    async def ensure_adapter(self, name: str, path: Path) -> None:
+        self.adapters[name] = path
 
     async def health(self) -> EngineHealth:
         if self.ready:

@@ -7,15 +7,15 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ..errors import InvalidRequestError, LoragateError
 from ..middleware import request_id_of
 from ..protocol import ChatCompletion, ChatCompletionRequest
-from ..state import AuthDep, StateDep
+from ..state import PrincipalDep, StateDep
 
-router = APIRouter(tags=["chat"], dependencies=[AuthDep])
+router = APIRouter(tags=["chat"])
 
 
 def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -57,17 +57,22 @@ async def parse_body(request: Request) -> ChatCompletionRequest:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequestError(f"Invalid value for {param or 'the body'}: {first['msg']}", param=param) from None
+        raise InvalidRequestError(
+            f"Invalid value for {param or 'the body'}: {first['msg']}", param=param
+        ) from None
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, openapi_extra=_BODY_SCHEMA)
-async def create_chat_completion(request: Request, state: StateDep) -> Any:
+async def create_chat_completion(request: Request, state: StateDep, principal: PrincipalDep) -> Any:
     body = await parse_body(request)
-    request_id = request_id_of(request.scope)
+    department = request.headers.get(state.settings.department_header)
+    plan = await state.chat.plan(body, principal, department, request_id_of(request.scope))
     if body.stream:
-        events = await state.chat.open_stream(body, request_id)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
-    return await until_disconnected(request, state.chat.complete(body, request_id))
+        events = await state.chat.open_stream(plan, body)
+        headers = {"cache-control": "no-cache", **plan.headers()}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    completion = await until_disconnected(request, state.chat.complete(plan, body))
+    return JSONResponse(completion.model_dump(mode="json"), headers=plan.headers())
 
 
 class ClientDisconnected(LoragateError):

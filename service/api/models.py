@@ -1,16 +1,20 @@
-"""GET /v1/models in the OpenAI list format."""
+"""GET /v1/models in the OpenAI list format: only what the caller's key may use."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from ..protocol import ModelCard, ModelList
-from ..state import AuthDep, StateDep
+from ..state import PrincipalDep, StateDep
 
-router = APIRouter(tags=["models"], dependencies=[AuthDep])
+router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models")
-async def list_models(state: StateDep) -> ModelList:
-    created = state.created
-    return ModelList(data=[ModelCard(id=name, created=created, root=name) for name in state.chat.served_models()])
+async def list_models(state: StateDep, principal: PrincipalDep) -> ModelList:
+    base = state.settings.model_name
+    cards = []
+    for name in state.tenancy.visible_models(principal):
+        parent = None if name == base else base
+        cards.append(ModelCard(id=name, created=state.created, root=base, parent=parent))
+    return ModelList(data=cards)

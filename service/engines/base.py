@@ -7,7 +7,9 @@ transformers engine, the vLLM backend and test fakes all fit behind it:
 - ``start()``: begin loading or connecting, without waiting for it.
 - ``stream(request)``: an async iterator of deltas for all ``n`` choices;
   closing the iterator early aborts the work behind it.
-- ``ensure_adapter(name)``: make a LoRA adapter servable before a request uses it.
+- ``ensure_adapter(name, path)``: make a registry adapter servable before a request
+  names it in ``GenerationRequest.adapter`` (the path comes from the registry, never
+  from a client).
 - ``health()``: whether the engine can generate now.
 - ``close()``: free everything.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -53,7 +56,7 @@ class GenerationRequest:
     messages: Sequence[ChatMessage]
     sampling: SamplingParams
     n: int = 1
-    adapter: str | None = None  # None: the base model
+    adapter: str | None = None  # a name given to ensure_adapter first; None: the base model
 
 
 @dataclass(slots=True)
@@ -86,7 +89,7 @@ class Engine(Protocol):
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
 
-    async def ensure_adapter(self, name: str) -> None: ...
+    async def ensure_adapter(self, name: str, path: Path) -> None: ...
 
     async def health(self) -> EngineHealth: ...
 

@@ -49,6 +49,7 @@ class LocalEngine:
         threads: int | None = None,
         max_batch_size: int = 32,
         max_context: int | None = None,
+        max_loaded_adapters: int = 8,
         prepare: Callable[[], object] | None = None,
     ):
         self.model_path = model_path
@@ -56,10 +57,12 @@ class LocalEngine:
         self.max_context = max_context or 0
         self._dtype, self._device, self._threads = dtype, device, threads
         self._max_batch_size = max_batch_size
+        self._max_loaded_adapters = max_loaded_adapters
         self._scheduler: Scheduler | None = None
         self._tokenizer: Any = None
         self._error: str | None = None
         self._loader: threading.Thread | None = None
+        self._adapter_paths: dict[str, Path] = {}  # name -> registry folder, set by ensure_adapter
         self._prepare = prepare  # makes model_path exist (the packaged model's conversion)
 
     # -- lifecycle -------------------------------------------------------------
@@ -84,7 +87,12 @@ class LocalEngine:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
         self.max_context = self.max_context or int(model.config.max_position_embeddings)
         scheduler = Scheduler(
-            model, tokenizer, eos_token_ids=eos_ids, pad_token_id=pad, max_batch_size=self._max_batch_size
+            model,
+            tokenizer,
+            eos_token_ids=eos_ids,
+            pad_token_id=pad,
+            max_batch_size=self._max_batch_size,
+            max_loaded_adapters=self._max_loaded_adapters,
         )
         scheduler.start()
         self._tokenizer, self._scheduler = tokenizer, scheduler
@@ -115,8 +123,11 @@ class LocalEngine:
             return EngineHealth(False, f"failed to load: {self._error}")
         return EngineHealth(False, "loading")
 
-    async def ensure_adapter(self, name: str) -> None:
-        raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
+    async def ensure_adapter(self, name: str, path: Path) -> None:
+        """Remember where ``name`` lives; the worker loads it when a request first needs it."""
+        if not (path / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"The adapter `{name}` has no files to load.", param="model")
+        self._adapter_paths[name] = path
 
     # -- generation --------------------------------------------------------------
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
@@ -134,8 +145,11 @@ class LocalEngine:
         scheduler = self._scheduler
         if scheduler is None:
             raise EngineUnavailableError("The model is still loading; retry shortly.")
+        adapter_path = None
         if request.adapter is not None:
-            await self.ensure_adapter(request.adapter)
+            adapter_path = self._adapter_paths.get(request.adapter)
+            if adapter_path is None:
+                raise ModelNotFoundError(f"The adapter `{request.adapter}` is not registered.", param="model")
         prompt_ids = await asyncio.to_thread(self.encode, request.messages)
         wanted = len(prompt_ids) + request.sampling.max_tokens
         if wanted > self.max_context:
@@ -145,7 +159,9 @@ class LocalEngine:
                 "completion). Please reduce the length of the messages or completion.",
                 param="messages",
             )
-        job = Job(request=request, prompt_ids=prompt_ids, loop=asyncio.get_running_loop())
+        job = Job(
+            request=request, prompt_ids=prompt_ids, loop=asyncio.get_running_loop(), adapter_path=adapter_path
+        )
         scheduler.submit(job)
         finished = 0
         try:

@@ -28,7 +28,8 @@ class LoraSlots:
         self.base = model
         self.model: Any = model  # becomes a PeftModel at the first adapter
         self.max_loaded = max_loaded
-        self._loaded: OrderedDict[str, Path] = OrderedDict()
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # name -> PEFT adapter key
+        self._serial = 0
         self.loads = 0
         self.evictions = 0
         self.last_load_seconds = 0.0
@@ -43,14 +44,16 @@ class LoraSlots:
             self._loaded.move_to_end(name)
             return
         start = time.perf_counter()
+        self._serial += 1
+        key = f"lora{self._serial}"  # PEFT keys live in ModuleDicts: no dots or @ allowed
         if self.model is self.base:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name).eval()
+            self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=key).eval()
         else:
-            self.model.load_adapter(str(path), adapter_name=name)
+            self.model.load_adapter(str(path), adapter_name=key)
             self.model.eval()
-        self._loaded[name] = path
+        self._loaded[name] = key
         self.loads += 1
         self.last_load_seconds = time.perf_counter() - start
         log.info("loaded adapter %s from %s in %.2fs", name, path, self.last_load_seconds)
@@ -61,7 +64,7 @@ class LoraSlots:
             if len(self._loaded) <= self.max_loaded:
                 return
             if victim not in keep:
-                self.model.delete_adapter(victim)
+                self.model.delete_adapter(self._loaded[victim])
                 del self._loaded[victim]
                 self.evictions += 1
                 log.info("evicted adapter %s", victim)
@@ -70,4 +73,4 @@ class LoraSlots:
         """Per-row adapter choice for one forward pass (nothing while no adapter is loaded)."""
         if self.model is self.base:
             return {}
-        return {"adapter_names": [a or BASE_ROW for a in adapters]}
+        return {"adapter_names": [self._loaded[a] if a else BASE_ROW for a in adapters]}

@@ -13,23 +13,8 @@ from service.engines.local import LocalEngine
 
 
 @pytest.fixture(scope="package")
-def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with weights drawn wider (std 0.3 instead of 0.02).
-
-    With the default init, greedy decoding only repeats the prompt's last token ("\n" after a
-    chat prompt), so batching bugs (positions, padding, masks) could not change any output.
-    Wider weights make every next token depend on the whole context.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.initializer_range = 0.3
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    path = tmp_path_factory.mktemp("wide-tiny-llama")
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
-    return path
+def model_dir(wide_model_dir: Path) -> Path:
+    return wide_model_dir
 
 
 @pytest.fixture(scope="package")

@@ -1,0 +1,136 @@
+"""From an authenticated request to what the engine runs: the request's plan.
+
+Order: tenant and department (``Tenancy.route``) -> adapter from the registry
+alias -> the department's L1 template rendered around the messages -> sampling
+limits (the tenant's ``max_tokens`` cap). The plan also names, for the response
+headers, which template version and adapter version served the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .config import Settings
+from .engines.base import ChatMessage, Engine, GenerationRequest, SamplingParams
+from .errors import InvalidRequestError, LoragateError
+from .prompts import Template, TemplateError, TemplateStore
+from .protocol import ChatCompletionRequest
+from .registry import Adapter, AdapterRejected, Registry
+from .tenancy import Principal, Route, Tenancy
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_HEADER = "x-loragate-template"
+ADAPTER_HEADER = "x-loragate-adapter"
+DEPARTMENT_HEADER = "x-loragate-department"
+
+
+class ServingConfigError(LoragateError):
+    """The deployment's own configuration (adapter, template) cannot serve this request (500)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    request: GenerationRequest
+    route: Route
+    template: Template | None
+    adapter: Adapter | None
+
+    @property
+    def hide_reasoning(self) -> bool:
+        return self.template is not None and self.template.cot == "hidden"
+
+    def headers(self) -> dict[str, str]:
+        return {
+            DEPARTMENT_HEADER: self.route.department.name,
+            TEMPLATE_HEADER: self.template.ref if self.template else "none",
+            ADAPTER_HEADER: self.adapter.ref if self.adapter else "base",
+        }
+
+
+@dataclass
+class Planner:
+    settings: Settings
+    engine: Engine
+    tenancy: Tenancy
+    templates: TemplateStore
+    registry: Registry
+
+    async def plan(
+        self, body: ChatCompletionRequest, principal: Principal, department: str | None, request_id: str
+    ) -> Plan:
+        route = self.tenancy.route(principal, department, body.model)
+        sampling = self._sampling(body, route)
+        adapter = await self._adapter(route)
+        template = self._template(route)
+        messages = [
+            ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
+        ]
+        if template is not None:
+            variables = {
+                **route.tenant.variables,
+                **route.department.variables,
+                "tenant": route.tenant.name,
+                "department": route.department.name,
+            }
+            try:
+                messages = self.templates.render(template, messages, variables)
+            except TemplateError as exc:
+                log.error("template %s failed to render: %s", template.ref, exc)
+                raise ServingConfigError("This department's prompt template could not be rendered.") from None
+        request = GenerationRequest(
+            request_id=request_id,
+            messages=messages,
+            sampling=sampling,
+            n=body.n,
+            adapter=adapter.ref if adapter else None,
+        )
+        return Plan(request=request, route=route, template=template, adapter=adapter)
+
+    async def _adapter(self, route: Route) -> Adapter | None:
+        if route.adapter is None:
+            return None
+        try:
+            adapter = self.registry.resolve(route.adapter)
+        except AdapterRejected as exc:
+            log.error("adapter alias %s cannot be served: %s", route.adapter, exc.message)
+            raise ServingConfigError(f"The adapter `{route.adapter}` is not available right now.") from None
+        await self.engine.ensure_adapter(adapter.ref, adapter.path)
+        return adapter
+
+    def _template(self, route: Route) -> Template | None:
+        name = route.department.template
+        if name is None:
+            return None
+        try:
+            return self.templates.get(name)
+        except TemplateError as exc:
+            log.error("template %s cannot be loaded: %s", name, exc)
+            raise ServingConfigError("This department's prompt template is not available.") from None
+
+    def _sampling(self, body: ChatCompletionRequest, route: Route) -> SamplingParams:
+        if body.n > self.settings.max_n:
+            raise InvalidRequestError(f"n must be at most {self.settings.max_n}.", param="n")
+        if body.max_tokens and body.max_completion_tokens and body.max_tokens != body.max_completion_tokens:
+            raise InvalidRequestError(
+                "max_tokens and max_completion_tokens disagree; send one of them.", param="max_tokens"
+            )
+        # The tenant's cap lowers a larger (or the default) limit; the answer then ends with "length".
+        max_tokens = body.max_completion_tokens or body.max_tokens or self.settings.default_max_tokens
+        if route.tenant.max_tokens is not None:
+            max_tokens = min(max_tokens, route.tenant.max_tokens)
+        if body.min_tokens > max_tokens:
+            raise InvalidRequestError("min_tokens must not exceed max_tokens.", param="min_tokens")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=max(body.top_k or 0, 0),
+            min_p=body.min_p or 0.0,
+            repetition_penalty=body.repetition_penalty or 1.0,
+            min_tokens=body.min_tokens,
+            ignore_eos=body.ignore_eos,
+            seed=body.seed,
+            stop=tuple(body.stop),
+        )
