@@ -77,6 +77,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
             settings=settings,
             engine=engine,
             tenancy=tenancy,
+            registry=registry,
             chat=ChatService(engine, planner),
             created=int(time.time()),
         )

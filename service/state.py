@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from .chat import ChatService
 from .config import Settings
 from .engines.base import Engine
+from .registry import Registry
 from .tenancy import Principal, Tenancy
 
 
@@ -18,6 +19,7 @@ class AppState:
     settings: Settings
     engine: Engine
     tenancy: Tenancy
+    registry: Registry
     chat: ChatService
     created: int  # when this server started, for /v1/models
 

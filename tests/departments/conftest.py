@@ -25,6 +25,7 @@ tenants:
   acme:
     default_department: it
     max_tokens: 24
+    adapters: [acme-unpublished]  # allowed, but not in the registry: not listed
     departments:
       it: {adapter: acme-it, template: acme/it}
       ops: {adapter: acme-it}
