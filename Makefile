@@ -37,8 +37,8 @@ bench: model
 	$(PY) -m loadtests.bench_engine
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service tests loadtests
-	$(VENV)/bin/ruff format --check service tests loadtests
+	$(VENV)/bin/ruff check service tests loadtests adapters
+	$(VENV)/bin/ruff format --check service tests loadtests adapters
 
 clean-venv:
 	rm -rf $(VENV)

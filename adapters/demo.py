@@ -32,7 +32,9 @@ def build(base: Path, out: Path, *, rank: int = 8, seed: int = 0, scale: float =
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the adapter into")
     parser.add_argument("--base", type=Path, default=Path("data/models/smollm2-135m-instruct"))
     parser.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,11 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         if name in _SECRET_FIELDS:
             continue
-        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+        choices = (
+            typing.get_args(field.annotation)
+            if typing.get_origin(field.annotation) is typing.Literal
+            else None
+        )
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
@@ -60,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     import os
 
-    config = args.config or (Path(os.environ["LORAGATE_CONFIG"]) if os.environ.get("LORAGATE_CONFIG") else None)
-    overrides = {name: getattr(args, name, None) for name in Settings.model_fields if name not in _SECRET_FIELDS}
+    config = args.config or (
+        Path(os.environ["LORAGATE_CONFIG"]) if os.environ.get("LORAGATE_CONFIG") else None
+    )
+    overrides = {
+        name: getattr(args, name, None) for name in Settings.model_fields if name not in _SECRET_FIELDS
+    }
     return load_settings(config, **overrides)
 
 
@@ -71,7 +79,9 @@ def serve(settings: Settings) -> None:
     from .app import create_app
     from .model_store import prepare_model
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if settings.model_path is None:
         prepare_model(settings.resolved_model_path)  # once; shows a progress bar
     settings, generated = settings.with_dev_key()
@@ -79,10 +89,13 @@ def serve(settings: Settings) -> None:
     print(f"\nloragate {settings.environment}: serving {settings.model_name} at {base_url}")
     if generated:
         assert settings.api_key is not None
-        print(f"Development API key (new on every start; set LORAGATE_API_KEY to choose one):\n  {settings.api_key.get_secret_value()}")
+        print("Development API key (new on every start; set LORAGATE_API_KEY to choose one):")
+        print(f"  {settings.api_key.get_secret_value()}")
     else:
         print("API key: the value of LORAGATE_API_KEY")
-    print(f'Try: OPENAI_BASE_URL={base_url} OPENAI_API_KEY=<key> python -c "import openai; ..."\n', flush=True)
+    print(
+        f'Try: OPENAI_BASE_URL={base_url} OPENAI_API_KEY=<key> python -c "import openai; ..."\n', flush=True
+    )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 

@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     data_dir: Path = Field(Path("data"), description="folder for prepared models and other generated files")
     model_path: Path | None = Field(
-        None, description="a Hugging Face model folder; default: the packaged SmolLM2, prepared under data_dir"
+        None,
+        description="a Hugging Face model folder; default: the packaged SmolLM2, prepared under data_dir",
     )
     model_name: str = Field("SmolLM2-135M-Instruct", description="the base model's name in the API")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -59,7 +60,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together by the embedded engine")
-    max_context: int | None = Field(None, ge=16, description="prompt + completion tokens; default: the model's")
+    max_context: int | None = Field(
+        None, ge=16, description="prompt + completion tokens; default: the model's"
+    )
     default_max_tokens: int = Field(512, ge=1, description="completion limit when a request sets none")
     max_n: int = Field(8, ge=1, description="the largest n a request may ask for")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")

@@ -44,13 +44,32 @@ class GatewayMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
             await send(message)
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._send_error(send_with_id, self._too_large())
             return
+        try:
+            await self.app(scope, self._limited(receive), send_with_id)
+        except LoragateError as exc:
+            if started:
+                raise
+            await self._send_error(send_with_id, exc)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            if started:
+                raise
+            await self._send_error(
+                send_with_id, LoragateError("The server had an error processing your request.")
+            )
+
+    def _limited(self, receive: Receive) -> Receive:
+        """``receive`` that raises 413 once the body passes the limit (bodies without Content-Length)."""
         received = 0
 
         async def limited_receive() -> Message:
@@ -62,17 +81,7 @@ class GatewayMiddleware:
                     raise self._too_large()
             return message
 
-        try:
-            await self.app(scope, limited_receive, send_with_id)
-        except LoragateError as exc:
-            if started:
-                raise
-            await self._send_error(send_with_id, exc)
-        except Exception:
-            log.exception("unhandled error in request %s", request_id)
-            if started:
-                raise
-            await self._send_error(send_with_id, LoragateError("The server had an error processing your request."))
+        return limited_receive
 
     def _too_large(self) -> RequestTooLargeError:
         return RequestTooLargeError(f"The request body is larger than {self.max_body_bytes} bytes.")
@@ -80,6 +89,9 @@ class GatewayMiddleware:
     @staticmethod
     async def _send_error(send: Send, exc: LoragateError) -> None:
         body = json.dumps(exc.envelope()).encode()
-        headers: list[Any] = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers: list[Any] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -67,9 +67,7 @@ def prepare_model(target: Path, *, dtype: str = "bfloat16") -> Path:
         bar.update()
         bar.set_postfix_str(steps[1])
         torch_dtype = getattr(torch, dtype)
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         bar.update()
         bar.set_postfix_str(steps[2])
         config = loaded.config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -22,6 +23,14 @@ from service.model_store import prepare_model
 API_KEY = "sk-test-0123456789abcdef"
 TINY_MODEL = "tiny-llama"
 SMOLLM2_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(autouse=True)
+def no_loragate_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see no LORAGATE_* variables from the shell that runs them."""
+    for name in list(os.environ):
+        if name.upper().startswith("LORAGATE_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")
@@ -128,11 +137,16 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A real uvicorn server on 127.0.0.1, in a thread of this process."""
+    """A real uvicorn server on 127.0.0.1, in a thread of this process, ready when ``ready_path`` is 200."""
 
-    def __init__(self, settings: Settings):
+    def __init__(
+        self, settings: Settings | None = None, *, app: FastAPI | None = None, ready_path: str = "/ready"
+    ):
+        assert (settings is None) != (app is None), "give settings or an app"
         self.port = free_port()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        self.ready_path = ready_path
+        application = app if app is not None else create_app(settings)  # type: ignore[arg-type]
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -142,7 +156,7 @@ class LiveServer:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

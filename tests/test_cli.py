@@ -26,13 +26,6 @@ def loragate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30, env=clean_env(**env))
 
 
-@pytest.fixture(autouse=True)
-def no_loragate_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("LORAGATE_"):
-            monkeypatch.delenv(name)
-
-
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """Replaces the server with a recorder of the settings it would have run with."""

@@ -25,7 +25,12 @@ def registry(tmp_path: Path, tiny_model_dir: Path) -> Registry:
 def test_publish_writes_manifest_with_sha256(registry: Registry, adapter_dir: Path) -> None:
     adapter = registry.publish(adapter_dir, name="helpdesk", level="L2", evaluation={"loss": 1.0})
     manifest = json.loads((adapter.path / "manifest.json").read_text())
-    assert (manifest["name"], manifest["version"], manifest["level"], manifest["rank"]) == ("helpdesk", 1, "L2", 8)
+    assert (manifest["name"], manifest["version"], manifest["level"], manifest["rank"]) == (
+        "helpdesk",
+        1,
+        "L2",
+        8,
+    )
     assert manifest["base_model"] == "tiny-llama" and len(manifest["sha256"]) == 64
     assert registry.publish(adapter_dir, name="helpdesk", level="L3").manifest.version == 2
     assert [a.ref for a in registry.versions("helpdesk")] == ["helpdesk@1", "helpdesk@2"]

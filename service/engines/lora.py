@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,7 +65,9 @@ class LoraSlots:
             if len(self._loaded) <= self.max_loaded:
                 return
             if victim not in keep:
-                self.model.delete_adapter(self._loaded[victim])
+                with warnings.catch_warnings():  # "adapter X was active": we pick adapters per row anyway
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.model.delete_adapter(self._loaded[victim])
                 del self._loaded[victim]
                 self.evictions += 1
                 log.info("evicted adapter %s", victim)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import API_KEY, free_port
+from tests.conftest import API_KEY, LiveServer
 from tests.fakes import FakeEngine
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -43,33 +40,12 @@ async def fake_client(fake: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
     assert fake.started and fake.closed
 
 
-class FakeServer:
+class FakeServer(LiveServer):
     """A real uvicorn server on the fake engine; ready as soon as ``/health`` answers."""
 
     def __init__(self, engine: FakeEngine):
+        super().__init__(app=fake_app(engine), ready_path="/health")
         self.engine = engine
-        self.port = free_port()
-        config = uvicorn.Config(fake_app(engine), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the fake server did not start")
-            time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,6 @@ from service.keys import KeyStore
 from service.tenancy import Principal, Tenancy, TenantDirectory
 
 from .helpers import BASE, BOOTSTRAP, TENANTS_YAML, PrincipalFactory, write
-
-
-@pytest.fixture(autouse=True)
-def no_loragate_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("LORAGATE_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
