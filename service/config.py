@@ -107,6 +107,12 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _n_fits_in_a_batch(self) -> Settings:
+        if self.max_n > self.max_batch_size:
+            raise ValueError(f"max_n ({self.max_n}) must not exceed max_batch_size ({self.max_batch_size})")
+        return self
+
     @property
     def resolved_model_path(self) -> Path:
         return self.model_path or self.data_dir / "models" / "smollm2-135m-instruct"

@@ -144,3 +144,9 @@ def test_development_keeps_a_given_key() -> None:
     settings = Settings(api_key="sk-mine")
     kept, generated = settings.with_dev_key()
     assert not generated and kept.api_key is not None and kept.api_key.get_secret_value() == "sk-mine"
+
+
+def test_max_n_must_fit_in_a_batch() -> None:
+    with pytest.raises(SettingsError, match="max_n"):
+        load_settings(max_n=8, max_batch_size=4)
+    assert load_settings(max_n=4, max_batch_size=4).max_n == 4
