@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` returns a FastAPI app whose lifespan starts the engine
 (loading in the background, so ``/ready`` says when it can generate) and
-closes it on shutdown. Tests pass their own engine.
+closes it on shutdown. Tests pass their own engine (and NVML module).
+Each app has its own metrics registry, served at ``/metrics``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,13 +20,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .api import chat, health, models
+from .api import chat, health, metrics, models
 from .chat import ChatService
 from .config import Settings
-from .engines.base import Engine
+from .engines.base import Engine, ReportsEvents
 from .errors import LoragateError, error_envelope
+from .gpu import GpuCollector
 from .keys import KeyStore
-from .middleware import GatewayMiddleware
+from .metrics import Metrics
+from .middleware import GatewayMiddleware, MetricsMiddleware
 from .planning import Planner
 from .prompts import TemplateStore
 from .registry import Registry
@@ -59,26 +63,41 @@ def build_tenancy(settings: Settings) -> Tenancy:
     return Tenancy(tenants, KeyStore(settings.keys_file, tenants), settings.model_name, settings.api_key)
 
 
-def create_app(settings: Settings, engine_factory: EngineFactory = default_engine) -> FastAPI:
+def engine_kind(engine: Engine) -> str:
+    """``LocalEngine`` -> ``local``: the build_info label."""
+    return type(engine).__name__.removesuffix("Engine").lower() or "unknown"
+
+
+def create_app(
+    settings: Settings, engine_factory: EngineFactory = default_engine, *, nvml: Any = None
+) -> FastAPI:
+    """``nvml``: a stand-in for the ``pynvml`` module (tests); None reads the real one at scrape time."""
     if settings.api_key is None:
         raise ValueError("create_app needs settings with an api_key (see Settings.with_dev_key)")
+    gpu = GpuCollector(nvml)
+    telemetry = Metrics(gpu)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = engine_factory(settings)
+        if isinstance(engine, ReportsEvents):
+            engine.subscribe(telemetry)
+        telemetry.build_info(__version__, engine_kind(engine), settings.model_name)
         tenancy = build_tenancy(settings)
         registry = Registry(
             settings.registry_dir,
             settings.model_name,
             base_aliases=(str(settings.resolved_model_path), settings.resolved_model_path.name),
         )
-        planner = Planner(settings, engine, tenancy, TemplateStore(settings.prompts_dir), registry)
+        templates = TemplateStore(settings.prompts_dir, telemetry)
+        planner = Planner(settings, engine, tenancy, templates, registry)
         app.state.loragate = AppState(
             settings=settings,
             engine=engine,
             tenancy=tenancy,
             registry=registry,
             chat=ChatService(engine, planner),
+            metrics=telemetry,
             created=int(time.time()),
         )
         await engine.start()
@@ -86,6 +105,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
             yield
         finally:
             await engine.close()
+            gpu.close()
 
     app = FastAPI(
         title="loragate",
@@ -94,8 +114,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
         lifespan=lifespan,
     )
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
+    # Added last, so outermost: it sees every status, the 413s and last-resort 500s included.
+    app.add_middleware(MetricsMiddleware, metrics=telemetry, path=chat.CHAT_PATH)
     _install_error_handlers(app)
-    for router in (chat.router, models.router, health.router):
+    for router in (chat.router, models.router, health.router, metrics.router):
         app.include_router(router)
     return app
 

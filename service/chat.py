@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from .engines.base import Delta, Engine
 from .errors import LoragateError
+from .metrics import RequestMetrics
 from .planning import Plan, Planner
 from .protocol import (
     AssistantMessage,
@@ -38,21 +39,29 @@ class ChatService:
     planner: Planner
 
     async def plan(
-        self, body: ChatCompletionRequest, principal: Principal, department: str | None, request_id: str
+        self,
+        body: ChatCompletionRequest,
+        principal: Principal,
+        department: str | None,
+        request_id: str,
+        metrics: RequestMetrics,
     ) -> Plan:
-        return await self.planner.plan(body, principal, department, request_id)
+        return await self.planner.plan(body, principal, department, request_id, metrics)
 
     def _deltas(self, plan: Plan) -> AsyncIterator[Delta]:
         deltas = self.engine.stream(plan.request)
         return _without_reasoning(deltas) if plan.hide_reasoning else deltas
 
-    async def complete(self, plan: Plan, body: ChatCompletionRequest) -> ChatCompletion:
+    async def complete(
+        self, plan: Plan, body: ChatCompletionRequest, metrics: RequestMetrics
+    ) -> ChatCompletion:
         request = plan.request
         texts = [""] * request.n
         reasons: list[str | None] = [None] * request.n
         prompt_tokens = completion_tokens = 0
         async with aclosing(self._deltas(plan)) as deltas:
             async for delta in deltas:
+                metrics.delta(delta)
                 texts[delta.index] += delta.text
                 if delta.finish_reason is not None:
                     reasons[delta.index] = delta.finish_reason
@@ -72,7 +81,9 @@ class ChatService:
             ),
         )
 
-    async def open_stream(self, plan: Plan, body: ChatCompletionRequest) -> AsyncIterator[str]:
+    async def open_stream(
+        self, plan: Plan, body: ChatCompletionRequest, metrics: RequestMetrics
+    ) -> AsyncIterator[str]:
         """Start generating; errors up to the first token raise here (a real HTTP error)."""
         deltas = self._deltas(plan)
         try:
@@ -80,10 +91,16 @@ class ChatService:
         except BaseException:
             await deltas.aclose()
             raise
-        return self._sse(body, plan.request.n, first, deltas)
+        metrics.delta(first)
+        return self._sse(body, plan.request.n, first, deltas, metrics)
 
     async def _sse(
-        self, body: ChatCompletionRequest, n: int, first: Delta, deltas: AsyncIterator[Delta]
+        self,
+        body: ChatCompletionRequest,
+        n: int,
+        first: Delta,
+        deltas: AsyncIterator[Delta],
+        metrics: RequestMetrics,
     ) -> AsyncIterator[str]:
         cid, created = new_completion_id(), int(time.time())
         usage_field = {"usage": None} if body.include_usage else {}
@@ -109,6 +126,8 @@ class ChatService:
                         completion_tokens += pending.completion_tokens
                         yield chunk(pending.index, {}, pending.finish_reason)
                     pending = await anext(deltas, None)
+                    if pending is not None:
+                        metrics.delta(pending)
             if body.include_usage:
                 usage = Usage(
                     prompt_tokens=prompt_tokens,
@@ -119,10 +138,13 @@ class ChatService:
                     ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[], usage=usage)
                 )
         except LoragateError as exc:
+            metrics.fail(exc.error_type)
             yield event(exc.envelope())
         except Exception:
             log.exception("stream failed")
-            yield event(LoragateError("The server failed while streaming this response.").envelope())
+            failure = LoragateError("The server failed while streaming this response.")
+            metrics.fail(failure.error_type)
+            yield event(failure.envelope())
         yield DONE
 
 

@@ -1,8 +1,8 @@
-"""Pure ASGI middleware: request ids, the body size limit and a last-resort 500.
+"""Pure ASGI middleware: request ids, the body size limit and a last-resort 500; request metrics.
 
-It sits inside Starlette's ServerErrorMiddleware, so every response, an
-unexpected failure included, carries ``x-request-id`` and the OpenAI error
-envelope, never a stack trace.
+``GatewayMiddleware`` sits inside Starlette's ServerErrorMiddleware, so every response, an
+unexpected failure included, carries ``x-request-id`` and the OpenAI error envelope, never a
+stack trace. ``MetricsMiddleware`` sits outside it, so that it sees every status it sends.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import LoragateError, RequestTooLargeError
+from .metrics import Metrics, attach
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+MAX_ERROR_BODY = 65_536  # an error envelope is far smaller; beyond this its type reads "unknown"
 
 
 def request_id_of(scope: Scope) -> str:
@@ -95,3 +97,49 @@ class GatewayMiddleware:
         ]
         await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class MetricsMiddleware:
+    """Wraps the requests to ``path``: a ``RequestMetrics`` in ``scope["state"]`` for the route,
+    and, when the response is over (sent, failed or the client gone), its status and duration.
+
+    An error response's ``type`` is read from its envelope, whichever layer sent it.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, path: str):
+        self.app = app
+        self.metrics = metrics
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith(self.path):
+            await self.app(scope, receive, send)
+            return
+        recorder = self.metrics.request()
+        attach(scope, recorder)
+        status: int | None = None
+        error_body = bytearray()
+
+        async def send_recorded(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and status is not None and status >= 400:
+                error_body.extend(message.get("body", b"")[: MAX_ERROR_BODY - len(error_body)])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recorded)
+        finally:
+            if status is None:  # nothing was sent: the server answers 500
+                recorder.close(500, "internal_error")
+            else:
+                recorder.close(status, _error_type(bytes(error_body)) if status >= 400 else None)
+
+
+def _error_type(body: bytes) -> str:
+    try:
+        error = json.loads(body)["error"]
+        return str(error["type"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .config import Settings
 from .engines.base import ChatMessage, Engine, GenerationRequest, SamplingParams
 from .errors import InvalidRequestError, LoragateError
+from .metrics import UNKNOWN, RequestMetrics
 from .prompts import Template, TemplateError, TemplateStore
 from .protocol import ChatCompletionRequest
 from .registry import Adapter, AdapterRejected, Registry
@@ -58,11 +59,20 @@ class Planner:
     registry: Registry
 
     async def plan(
-        self, body: ChatCompletionRequest, principal: Principal, department: str | None, request_id: str
+        self,
+        body: ChatCompletionRequest,
+        principal: Principal,
+        department: str | None,
+        request_id: str,
+        metrics: RequestMetrics | None = None,
     ) -> Plan:
         route = self.tenancy.route(principal, department, body.model)
+        if metrics is not None:  # labels from configuration, as soon as they are known
+            metrics.routed(route.tenant.name, route.department.name, UNKNOWN if route.adapter else None)
         sampling = self._sampling(body, route)
         adapter = await self._adapter(route)
+        if metrics is not None:
+            metrics.routed(route.tenant.name, route.department.name, adapter.ref if adapter else None)
         template = self._template(route)
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages

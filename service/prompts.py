@@ -26,7 +26,8 @@ stopped by the sandbox when rendering.
 Hot reload: ``get`` stats the file on every call and reads it again when its mtime or size
 changed. A file that cannot be loaded (YAML, schema, Jinja syntax, forbidden construct) is
 refused with a logged error, once per version of the file, and the last good version keeps
-serving; with no good version yet, ``get`` raises :class:`TemplateError`.
+serving; with no good version yet, ``get`` raises :class:`TemplateError`. Loads, refusals and
+failed renders are also reported to the store's :class:`TemplateEvents` (the gateway's metrics).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, Protocol, cast, get_args
 
 import jinja2
 import yaml
@@ -69,6 +70,12 @@ class TemplateError(Exception):
     """A template that cannot be loaded or rendered; the message names its file."""
 
 
+class TemplateEvents(Protocol):
+    def template_loaded(self, name: str) -> None: ...
+
+    def template_failed(self, name: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Template:
     name: str  # "acme/it" is prompts/acme/it.yaml
@@ -92,8 +99,9 @@ class _Entry:
 class TemplateStore:
     """Templates under ``root``, loaded on first use and reloaded when their file changes."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, events: TemplateEvents | None = None):
         self.root = Path(root)
+        self.events = events
         self._env = ImmutableSandboxedEnvironment(
             undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
         )
@@ -156,10 +164,14 @@ class TemplateStore:
                 log.error("refused template %s: %s; still serving %s", name, exc, previous.ref)
             else:
                 log.error("refused template %s: %s", name, exc)
+            if self.events is not None:
+                self.events.template_failed(name)
             return _Entry(signature, previous, str(exc))
         if previous is not None and previous.system != template.system:
             self._compiled.pop(previous.system or "", None)
         log.info("loaded template %s from %s", template.ref, path)
+        if self.events is not None:
+            self.events.template_loaded(name)
         return _Entry(signature, template, None)
 
     def _load(self, name: str, path: Path) -> Template:
@@ -196,6 +208,8 @@ class TemplateStore:
         try:
             return compiled.render(values).strip()
         except Exception as exc:  # a template author's code: anything may go wrong
+            if self.events is not None:
+                self.events.template_failed(template.name)
             raise TemplateError(
                 f"{path}: cannot render the system prompt of {template.ref}: {type(exc).__name__}: {exc} "
                 f"(variables: {', '.join(sorted(values))})"

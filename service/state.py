@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from .chat import ChatService
 from .config import Settings
 from .engines.base import Engine
+from .metrics import Metrics, RequestMetrics, recorder_of
 from .registry import Registry
 from .tenancy import Principal, Tenancy
 
@@ -21,6 +22,7 @@ class AppState:
     tenancy: Tenancy
     registry: Registry
     chat: ChatService
+    metrics: Metrics
     created: int  # when this server started, for /v1/models
 
 
@@ -38,3 +40,11 @@ def authenticate(request: Request, state: StateDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def request_metrics(request: Request) -> RequestMetrics:
+    """This chat request's metrics recorder (``MetricsMiddleware`` made it)."""
+    return recorder_of(request.scope)
+
+
+RecorderDep = Annotated[RequestMetrics, Depends(request_metrics)]

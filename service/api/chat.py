@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from ..errors import InvalidRequestError, LoragateError
 from ..middleware import request_id_of
 from ..protocol import ChatCompletion, ChatCompletionRequest
-from ..state import PrincipalDep, StateDep
+from ..state import PrincipalDep, RecorderDep, StateDep
 
 router = APIRouter(tags=["chat"])
+CHAT_PATH = "/v1/chat/completions"
 
 
 def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -62,16 +63,19 @@ async def parse_body(request: Request) -> ChatCompletionRequest:
         ) from None
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, openapi_extra=_BODY_SCHEMA)
-async def create_chat_completion(request: Request, state: StateDep, principal: PrincipalDep) -> Any:
+@router.post(CHAT_PATH, response_model=ChatCompletion, openapi_extra=_BODY_SCHEMA)
+async def create_chat_completion(
+    request: Request, state: StateDep, principal: PrincipalDep, metrics: RecorderDep
+) -> Any:
+    metrics.authenticated(principal.tenant.name)
     body = await parse_body(request)
     department = request.headers.get(state.settings.department_header)
-    plan = await state.chat.plan(body, principal, department, request_id_of(request.scope))
+    plan = await state.chat.plan(body, principal, department, request_id_of(request.scope), metrics)
     if body.stream:
-        events = await state.chat.open_stream(plan, body)
+        events = await state.chat.open_stream(plan, body, metrics)
         headers = {"cache-control": "no-cache", **plan.headers()}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    completion = await until_disconnected(request, state.chat.complete(plan, body))
+    completion = await until_disconnected(request, state.chat.complete(plan, body, metrics))
     return JSONResponse(completion.model_dump(mode="json"), headers=plan.headers())
 
 

@@ -12,6 +12,9 @@ transformers engine, the vLLM backend and test fakes all fit behind it:
   from a client).
 - ``health()``: whether the engine can generate now.
 - ``close()``: free everything.
+
+Engines that have more to tell (adapter loads, replica health) also implement
+:class:`ReportsEvents`; the gateway subscribes its metrics before ``start()``.
 """
 
 from __future__ import annotations
@@ -68,13 +71,14 @@ class Delta:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0  # set on the finishing delta
     completion_tokens: int = 0  # set on the finishing delta
+    queue_seconds: float | None = None  # on a choice's first delta: the wait for the batch, if known
 
 
 @dataclass(frozen=True, slots=True)
 class EngineHealth:
     ready: bool
     detail: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)  # "running", "waiting": sequences, requests
 
 
 @runtime_checkable
@@ -94,3 +98,23 @@ class Engine(Protocol):
     async def health(self) -> EngineHealth: ...
 
     async def close(self) -> None: ...
+
+
+class EngineEvents:
+    """What an engine reports as things happen, from any thread; this default ignores it all."""
+
+    def adapter_loaded(self, name: str, seconds: float) -> None:
+        """Adapter ``name`` (``name@version``) was loaded in ``seconds``."""
+
+    def adapter_evicted(self, name: str) -> None:
+        """Adapter ``name`` was unloaded to make room."""
+
+    def replica_health(self, replica: str, up: bool) -> None:
+        """A remote replica (the vLLM backend) answers or not."""
+
+
+@runtime_checkable
+class ReportsEvents(Protocol):
+    """An engine with events to report; ``subscribe`` comes before ``start()``."""
+
+    def subscribe(self, events: EngineEvents) -> None: ...

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContextLengthError, EngineUnavailableError, LoragateError, ModelNotFoundError
-from .base import ChatMessage, Delta, EngineHealth, GenerationRequest
+from .base import ChatMessage, Delta, EngineEvents, EngineHealth, GenerationRequest
 from .scheduler import Job, Scheduler
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ class LocalEngine:
         self._loader: threading.Thread | None = None
         self._adapter_paths: dict[str, Path] = {}  # name -> registry folder, set by ensure_adapter
         self._prepare = prepare  # makes model_path exist (the packaged model's conversion)
+        self._events = EngineEvents()
+
+    def subscribe(self, events: EngineEvents) -> None:
+        """Where adapter loads and evictions go; call it before ``start()``."""
+        self._events = events
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -93,6 +98,7 @@ class LocalEngine:
             pad_token_id=pad,
             max_batch_size=self._max_batch_size,
             max_loaded_adapters=self._max_loaded_adapters,
+            events=self._events,
         )
         scheduler.start()
         self._tokenizer, self._scheduler = tokenizer, scheduler

@@ -19,14 +19,17 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from .base import EngineEvents
+
 log = logging.getLogger(__name__)
 
 BASE_ROW = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
 
 class LoraSlots:
-    def __init__(self, model: PreTrainedModel, max_loaded: int):
+    def __init__(self, model: PreTrainedModel, max_loaded: int, events: EngineEvents | None = None):
         self.base = model
+        self.events = events or EngineEvents()
         self.model: Any = model  # becomes a PeftModel at the first adapter
         self.max_loaded = max_loaded
         self._loaded: OrderedDict[str, str] = OrderedDict()  # name -> PEFT adapter key
@@ -58,6 +61,7 @@ class LoraSlots:
         self.loads += 1
         self.last_load_seconds = time.perf_counter() - start
         log.info("loaded adapter %s from %s in %.2fs", name, path, self.last_load_seconds)
+        self.events.adapter_loaded(name, self.last_load_seconds)
         self._evict(in_use | {name})
 
     def _evict(self, keep: set[str]) -> None:
@@ -71,6 +75,7 @@ class LoraSlots:
                 del self._loaded[victim]
                 self.evictions += 1
                 log.info("evicted adapter %s", victim)
+                self.events.adapter_evicted(victim)
 
     def forward_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
         """Per-row adapter choice for one forward pass (nothing while no adapter is loaded)."""

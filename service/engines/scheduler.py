@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from .base import Delta, FinishReason, GenerationRequest, SamplingParams
+from .base import Delta, EngineEvents, FinishReason, GenerationRequest, SamplingParams
 from .kv_batch import KVBatch, slack_cache
 from .lora import LoraSlots
 from .sampling import make_generator, needs_processing, next_token
@@ -38,6 +39,8 @@ class Job:
     adapter_path: Path | None = None  # where request.adapter's weights are (from the registry)
     queue: asyncio.Queue[Delta | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    submitted: float = field(default_factory=time.monotonic)
+    queue_seconds: float | None = None  # submission -> taken into the batch; set when taken
 
     def send(self, item: Delta | BaseException) -> None:
         try:
@@ -58,6 +61,7 @@ class _Row:
     seen: torch.Tensor  # prompt and output ids, for the repetition penalty
     generated: int = 0
     finished: bool = False
+    queue_seconds: float | None = None  # goes out on the row's first delta, then None
 
 
 class Scheduler:
@@ -70,8 +74,9 @@ class Scheduler:
         pad_token_id: int,
         max_batch_size: int,
         max_loaded_adapters: int = 8,
+        events: EngineEvents | None = None,
     ):
-        self.lora = LoraSlots(model, max_loaded_adapters)
+        self.lora = LoraSlots(model, max_loaded_adapters, events)
         self.config = model.config
         self.tokenizer = tokenizer
         self.device = model.device
@@ -147,6 +152,7 @@ class Scheduler:
                 if job.request.n > room and (taken or self._rows):
                     break  # wait until enough rows are free
                 self._waiting.popleft()
+                job.queue_seconds = time.monotonic() - job.submitted
                 taken.append(job)
                 room -= job.request.n
         return taken
@@ -227,6 +233,7 @@ class Scheduler:
             text=TextStream(self.tokenizer, params.stop),
             generator=make_generator(params, self.device),
             seen=torch.tensor(job.prompt_ids, device=self.device),
+            queue_seconds=job.queue_seconds,
         )
 
     def _decode_step(self) -> None:
@@ -279,7 +286,7 @@ class Scheduler:
         elif row.generated >= row.params.max_tokens:
             self._finish(row, text + row.text.flush(), "length")
         elif text:
-            row.job.send(Delta(index=row.index, text=text))
+            row.job.send(Delta(index=row.index, text=text, queue_seconds=self._queued(row)))
 
     def _finish(self, row: _Row, text: str, reason: FinishReason) -> None:
         row.finished = True
@@ -290,8 +297,15 @@ class Scheduler:
                 finish_reason=reason,
                 prompt_tokens=len(row.job.prompt_ids),
                 completion_tokens=row.generated,
+                queue_seconds=self._queued(row),
             )
         )
+
+    @staticmethod
+    def _queued(row: _Row) -> float | None:
+        """The row's queue time on its first delta only."""
+        seconds, row.queue_seconds = row.queue_seconds, None
+        return seconds
 
     def _keep(self, keep: list[int]) -> None:
         if len(keep) == len(self._rows):
