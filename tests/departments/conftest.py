@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +12,10 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
-from service.keys import KeyStore
 from service.registry import Registry
-from service.tenancy import TenantDirectory
 
-from ..conftest import TINY_MODEL, make_settings, wait_ready
-from ..demo_adapters import make_adapter
+from ..conftest import wait_ready
+from ..worlds import build_deployment
 
 TENANTS = """
 tenants:
@@ -62,35 +59,25 @@ class World:
 
 @pytest.fixture(scope="package")
 def world(wide_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
-    root = tmp_path_factory.mktemp("departments")
-    (root / "tenants.yaml").write_text(TENANTS)
-    for name, text in TEMPLATES.items():
-        path = root / "prompts" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    registry = Registry(root / "registry", TINY_MODEL, base_aliases=(str(wide_model_dir),))
-    adapters = {}
-    for name, seed in (("acme-it-lora", 1), ("acme-it-lora", 2), ("globex-lora", 3)):
-        folder = make_adapter(wide_model_dir, root / "trained" / f"{name}-{seed}", seed=seed)
-        adapter = registry.publish(folder, name=name, level="L2")
-        adapters[adapter.ref] = adapter.path
-    registry.promote("acme-it", "acme-it-lora@1")
-    registry.promote("globex-sales", "globex-lora@1")
-    settings = make_settings(
+    deployment = build_deployment(
+        tmp_path_factory.mktemp("departments"),
         wide_model_dir,
-        tenants_file=root / "tenants.yaml",
-        keys_file=root / "keys.json",
-        prompts_dir=root / "prompts",
-        registry_dir=root / "registry",
+        tenants=TENANTS,
+        templates=TEMPLATES,
+        adapters=[
+            ("acme-it", "acme-it-lora", 1),
+            (None, "acme-it-lora", 2),
+            ("globex-sales", "globex-lora", 3),
+        ],
         max_loaded_adapters=2,
     )
-    store = KeyStore(settings.keys_file, TenantDirectory(settings.tenants_file, TINY_MODEL))
+    store = deployment.keys
     keys = {
         "acme": store.create("acme")[1],
         "acme-legal-pinned": store.create("acme", "legal")[1],
         "globex": store.create("globex")[1],
     }
-    return World(settings, registry, keys, adapters)
+    return World(deployment.settings, deployment.registry, keys, deployment.adapters)
 
 
 @pytest.fixture(scope="package")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,10 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
-from service.keys import KeyStore
-from service.registry import Registry
-from service.tenancy import TenantDirectory
-from tests.conftest import TINY_MODEL, make_settings, wait_ready
-from tests.demo_adapters import make_adapter
+from tests.conftest import TINY_MODEL, wait_ready
 from tests.departments.conftest import TEMPLATES, TENANTS
 from tests.fakes import FakeEngine
+from tests.worlds import build_deployment
 
 from .fake_nvml import FakeNvml
 from .helpers import CHAT_URL, Scrape, scrape
@@ -38,28 +34,16 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(wide_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
-    root = tmp_path_factory.mktemp("metrics-world")
-    (root / "tenants.yaml").write_text(TENANTS)
-    for name, text in TEMPLATES.items():
-        path = root / "prompts" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    registry = Registry(root / "registry", TINY_MODEL, base_aliases=(str(wide_model_dir),))
-    for alias, name, seed in (("acme-it", "acme-it-lora", 1), ("globex-sales", "globex-lora", 3)):
-        adapter = registry.publish(
-            make_adapter(wide_model_dir, root / name, seed=seed), name=name, level="L2"
-        )
-        registry.promote(alias, adapter.ref)
-    settings = make_settings(
+    deployment = build_deployment(
+        tmp_path_factory.mktemp("metrics-world"),
         wide_model_dir,
-        tenants_file=root / "tenants.yaml",
-        keys_file=root / "keys.json",
-        prompts_dir=root / "prompts",
-        registry_dir=root / "registry",
+        tenants=TENANTS,
+        templates=TEMPLATES,
+        adapters=[("acme-it", "acme-it-lora", 1), ("globex-sales", "globex-lora", 3)],
         max_loaded_adapters=1,  # every switch of adapter evicts the other
     )
-    store = KeyStore(settings.keys_file, TenantDirectory(settings.tenants_file, TINY_MODEL))
-    return World(settings, {tenant: store.create(tenant)[1] for tenant in ("acme", "globex")})
+    keys = {tenant: deployment.keys.create(tenant)[1] for tenant in ("acme", "globex")}
+    return World(deployment.settings, keys)
 
 
 def headers(world: World, tenant: str, department: str | None = None) -> dict[str, str]:

@@ -27,12 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.keys import KeyStore
-from service.registry import Registry
-from service.tenancy import TenantDirectory
-
-from ..conftest import TINY_MODEL, LiveServer, free_port, make_settings
-from ..demo_adapters import make_adapter
+from ..conftest import TINY_MODEL, LiveServer, free_port
+from ..worlds import build_deployment
 from .conftest import Prometheus, requires_prometheus
 from .promql import (
     Expression,
@@ -88,26 +84,16 @@ class Gateway:
 def gateway(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """Two tenants, two departments with adapters and one with a broken template, on the tiny model."""
     root = tmp_path_factory.mktemp("metrics-world")
-    (root / "tenants.yaml").write_text(TENANTS)
-    (root / "prompts" / "acme").mkdir(parents=True)
-    (root / "prompts" / "acme" / "it.yaml").write_text(IT_TEMPLATE.format(v=1))
-    (root / "prompts" / "acme" / "broken.yaml").write_text('system: "{{ unclosed"\n')
-    registry = Registry(root / "registry", TINY_MODEL, base_aliases=(str(tiny_model_dir),))
-    for alias, name, seed in (("acme-it", "acme-it-lora", 1), ("globex-sales", "globex-lora", 2)):
-        adapter = registry.publish(
-            make_adapter(tiny_model_dir, root / name, seed=seed), name=name, level="L2"
-        )
-        registry.promote(alias, adapter.ref)
-    settings = make_settings(
+    deployment = build_deployment(
+        root,
         tiny_model_dir,
-        tenants_file=root / "tenants.yaml",
-        keys_file=root / "keys.json",
-        prompts_dir=root / "prompts",
-        registry_dir=root / "registry",
+        tenants=TENANTS,
+        templates={"acme/it.yaml": IT_TEMPLATE.format(v=1), "acme/broken.yaml": 'system: "{{ unclosed"\n'},
+        adapters=[("acme-it", "acme-it-lora", 1), ("globex-sales", "globex-lora", 2)],
         max_loaded_adapters=1,  # the two departments take turns: loads and evictions
     )
-    store = KeyStore(settings.keys_file, TenantDirectory(settings.tenants_file, TINY_MODEL))
-    keys = {tenant: store.create(tenant)[1] for tenant in ("acme", "globex")}
+    settings = deployment.settings
+    keys = {tenant: deployment.keys.create(tenant)[1] for tenant in ("acme", "globex")}
     with LiveServer(settings) as server:
         yield Gateway(server, keys, root / "prompts" / "acme" / "it.yaml")
 
