@@ -280,7 +280,7 @@ class Scheduler:
         if token in self._eos_set and not row.params.ignore_eos:
             self._finish(row, row.text.flush(), "stop")
             return
-        text = row.text.add(token)
+        text = row.text.add(token, check_stops=row.generated >= row.params.min_tokens)
         if row.text.stopped:
             self._finish(row, text, "stop")
         elif row.generated >= row.params.max_tokens:

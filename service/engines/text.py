@@ -26,11 +26,21 @@ class TextStream:
         self.text = ""  # all text decoded so far (a stop string cuts it)
         self._emitted = 0  # how much of ``text`` was handed out
         self.stopped = False
+        self._stops_from = 0  # a stop string must end after this offset (see ``add``)
 
-    def add(self, token_id: int) -> str:
-        """Add one token; return the text that may be sent now."""
+    def add(self, token_id: int, *, check_stops: bool = True) -> str:
+        """Add one token; return the text that may be sent now.
+
+        ``check_stops=False`` (before ``min_tokens`` is reached, as in vLLM): stop strings are
+        not looked for, and later only a stop string that ends after this point counts.
+        """
         self._ids.append(token_id)
         self._decode(final=False)
+        if not check_stops:
+            self._stops_from = len(self.text)
+            out = self.text[self._emitted :]
+            self._emitted = len(self.text)
+            return out
         return self._release()
 
     def flush(self) -> str:
@@ -62,7 +72,11 @@ class TextStream:
     def _release(self) -> str:
         if self._stop:
             start = max(0, self._emitted - max(len(s) for s in self._stop))
-            hits = [i for i in (self.text.find(s, start) for s in self._stop) if i >= 0]
+            hits = [
+                i
+                for i in (self.text.find(s, max(start, self._stops_from - len(s) + 1)) for s in self._stop)
+                if i >= 0
+            ]
             if hits:
                 self.text = self.text[: min(hits)]
                 self.stopped = True

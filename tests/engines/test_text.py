@@ -94,3 +94,18 @@ def test_earliest_of_several_stop_strings_wins(tokenizer: Any) -> None:
     stream = TextStream(tokenizer, stop=["world", "lo w", "", "never"])
     deltas = feed(stream, encode(tokenizer, "say Hello world now"))
     assert stream.stopped and "".join(deltas) == "say Hel"
+
+
+@pytest.mark.parametrize(
+    ("min_tokens", "expected"), [(0, "one"), (2, "one"), (3, "one. two"), (5, "one. two. three")]
+)
+def test_stop_strings_wait_for_min_tokens(tokenizer: Any, min_tokens: int, expected: str) -> None:
+    """As in vLLM: a stop string ending before min_tokens is kept; the first one after ends the text."""
+    ids = tokenizer.encode("one. two. three. four", add_special_tokens=False)  # one . two . three . four
+    stream = TextStream(tokenizer, stop=["."])
+    out = ""
+    for generated, token in enumerate(ids, start=1):
+        out += stream.add(token, check_stops=generated >= min_tokens)
+        if stream.stopped:
+            break
+    assert stream.stopped and out == expected
