@@ -28,7 +28,6 @@ from .protocol import (
 )
 from .reasoning import HiddenReasoning
 from .sse import DONE, event
-from .tenancy import Principal
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +36,6 @@ log = logging.getLogger(__name__)
 class ChatService:
     engine: Engine
     planner: Planner
-
-    async def plan(
-        self,
-        body: ChatCompletionRequest,
-        principal: Principal,
-        department: str | None,
-        request_id: str,
-        metrics: RequestMetrics,
-    ) -> Plan:
-        return await self.planner.plan(body, principal, department, request_id, metrics)
 
     def _deltas(self, plan: Plan) -> AsyncIterator[Delta]:
         deltas = self.engine.stream(plan.request)

@@ -70,7 +70,7 @@ async def create_chat_completion(
     metrics.authenticated(principal.tenant.name)
     body = await parse_body(request)
     department = request.headers.get(state.settings.department_header)
-    plan = await state.chat.plan(body, principal, department, request_id_of(request.scope), metrics)
+    plan = await state.chat.planner.plan(body, principal, department, request_id_of(request.scope), metrics)
     if body.stream:
         events = await state.chat.open_stream(plan, body, metrics)
         headers = {"cache-control": "no-cache", **plan.headers()}
