@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[Settings], Engine]
 
 
-def default_engine(settings: Settings) -> Engine:
+def local_engine(settings: Settings) -> Engine:
     from .engines.local import LocalEngine
     from .model_store import prepare_model
 
@@ -56,6 +56,47 @@ def default_engine(settings: Settings) -> Engine:
         max_loaded_adapters=settings.max_loaded_adapters,
         prepare=None if settings.model_path else lambda: prepare_model(path),
     )
+
+
+def vllm_engine(settings: Settings) -> Engine:
+    from .engines.vllm import VllmEngine
+    from .engines.vllm_spawn import VllmCommand, VllmSupervisor, lora_rank_limit
+
+    supervisor = None
+    upstream = settings.upstream
+    if settings.spawn:
+        registry = Registry(settings.registry_dir, settings.model_name)
+        ranks = [a.manifest.rank for name in registry.names() for a in registry.versions(name)]
+        command = VllmCommand(
+            python=settings.vllm_python,
+            model_path=settings.resolved_model_path,
+            served_name=settings.model_name,
+            port=settings.vllm_port,
+            dtype=settings.dtype,
+            max_lora_rank=lora_rank_limit(ranks),
+            max_loras=settings.vllm_max_loras,
+            max_model_len=settings.max_context,
+            extra_args=settings.vllm_args,
+        )
+        supervisor, upstream = VllmSupervisor(command), [command.url]
+    return VllmEngine(
+        upstream,
+        model_name=settings.model_name,
+        max_loaded_adapters=settings.max_loaded_adapters,
+        affinity_slack=settings.affinity_slack,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        health_interval=settings.health_interval,
+        supervisor=supervisor,
+    )
+
+
+ENGINES: dict[str, EngineFactory] = {"local": local_engine, "vllm": vllm_engine}
+
+
+def default_engine(settings: Settings) -> Engine:
+    """The engine ``settings.engine`` names."""
+    return ENGINES[settings.engine](settings)
 
 
 def build_tenancy(settings: Settings) -> Tenancy:

@@ -33,18 +33,26 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         if name in _SECRET_FIELDS:
             continue
+        flag = "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True)
+        help_text = f"{field.description} (default: {default}; env LORAGATE_{name.upper()})"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+            continue
         choices = (
             typing.get_args(field.annotation)
             if typing.get_origin(field.annotation) is typing.Literal
             else None
         )
+        many = typing.get_origin(field.annotation) is list
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            flag,
             dest=name,
             default=None,
+            nargs="+" if many else None,
             choices=choices,
-            metavar=None if choices else name.upper(),
-            help=f"{field.description} (default: {field.default}; env LORAGATE_{name.upper()})",
+            metavar=None if choices else ("URL" if many else name.upper()),
+            help=help_text,
         )
 
 
@@ -82,11 +90,14 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if settings.model_path is None:
+    if settings.model_path is None and (settings.engine == "local" or settings.spawn):
         prepare_model(settings.resolved_model_path)  # once; shows a progress bar
     settings, generated = settings.with_dev_key()
     base_url = f"http://{settings.host}:{settings.port}/v1"
     print(f"\nloragate {settings.environment}: serving {settings.model_name} at {base_url}")
+    if settings.engine == "vllm":
+        replicas = f"a vLLM it starts on port {settings.vllm_port}" if settings.spawn else settings.upstream
+        print(f"Engine: vLLM ({replicas})")
     if generated:
         assert settings.api_key is not None
         print("Development API key (new on every start; set LORAGATE_API_KEY to choose one):")

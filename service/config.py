@@ -8,11 +8,11 @@ from __future__ import annotations
 import secrets
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Keys that must never protect a production deployment.
 INSECURE_KEYS = frozenset({"", "changeme", "change-me", "secret", "sk-loragate", "sk-local", "dev", "test"})
@@ -77,8 +77,25 @@ class Settings(BaseSettings):
     prompts_dir: Path = Field(Path("prompts"), description="folder of the tenants' L1 prompt templates")
     registry_dir: Path = Field(Path("data/registry"), description="folder of the adapter registry")
     max_loaded_adapters: int = Field(
-        8, ge=1, description="adapters the embedded engine keeps loaded; least recently used ones go first"
+        8, ge=1, description="adapters the engine (or each vLLM replica) keeps loaded; least recent go first"
     )
+    engine: Literal["local", "vllm"] = Field(
+        "local", description="local: the embedded transformers engine; vllm: vLLM servers"
+    )
+    upstream: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="vLLM replicas' base URLs (http://host:port), for --engine vllm"
+    )
+    spawn: bool = Field(False, description="--engine vllm: start and supervise a local vLLM server")
+    vllm_python: str = Field("python3", description="--spawn: the Python that has vLLM installed")
+    vllm_port: int = Field(8001, ge=1, le=65535, description="--spawn: the local vLLM server's port")
+    vllm_max_loras: int = Field(4, ge=1, description="--spawn: adapters vLLM batches together (--max-loras)")
+    vllm_args: str = Field("", description="--spawn: more vLLM flags, shell-quoted")
+    affinity_slack: int = Field(
+        4, ge=0, description="requests a replica holding the adapter may have beyond the least busy one"
+    )
+    upstream_connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to a vLLM replica")
+    upstream_read_timeout: float = Field(300.0, gt=0, description="seconds a vLLM replica may stay silent")
+    health_interval: float = Field(2.0, gt=0, description="seconds between vLLM replica health checks")
 
     @classmethod
     def settings_customise_sources(
@@ -96,6 +113,20 @@ class Settings(BaseSettings):
     def _lower_log_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _split_upstream(cls, value: Any) -> Any:
+        """``LORAGATE_UPSTREAM="http://a:8001 http://b:8001"`` (spaces or commas) as well as a list."""
+        return value.replace(",", " ").split() if isinstance(value, str) else value
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_urls(cls, value: list[str]) -> list[str]:
+        bad = [url for url in value if not url.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"upstream URLs must start with http:// or https:// (got {bad[0]!r})")
+        return value
+
     @model_validator(mode="after")
     def _refuse_weak_keys_in_production(self) -> Settings:
         if self.environment == "production":
@@ -105,6 +136,12 @@ class Settings(BaseSettings):
                     "production needs LORAGATE_API_KEY set to a random key of at least "
                     f"{MIN_PRODUCTION_KEY_LENGTH} characters (a default or short key is refused)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_has_replicas(self) -> Settings:
+        if self.engine == "vllm" and bool(self.upstream) == self.spawn:
+            raise ValueError("--engine vllm needs either --upstream URL [URL ...] or --spawn (not both)")
         return self
 
     @model_validator(mode="after")

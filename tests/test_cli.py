@@ -143,3 +143,14 @@ def test_config_file_from_the_environment(
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run_main([], capsys)
     assert code == 2 and "serve" in err
+
+
+def test_vllm_options_parse_to_settings() -> None:
+    args = cli.build_parser().parse_args(
+        ["serve", "--engine", "vllm", "--upstream", "http://a:8001", "http://b:8001", "--affinity-slack", "2"]
+    )
+    settings = cli._settings(args)
+    assert settings.engine == "vllm" and settings.upstream == ["http://a:8001", "http://b:8001"]
+    assert settings.affinity_slack == 2 and settings.spawn is False
+    spawn = cli._settings(cli.build_parser().parse_args(["serve", "--engine", "vllm", "--spawn"]))
+    assert spawn.spawn is True and spawn.upstream == []

@@ -150,3 +150,22 @@ def test_max_n_must_fit_in_a_batch() -> None:
     with pytest.raises(SettingsError, match="max_n"):
         load_settings(max_n=8, max_batch_size=4)
     assert load_settings(max_n=4, max_batch_size=4).max_n == 4
+
+
+def test_vllm_engine_needs_upstreams_or_spawn() -> None:
+    with pytest.raises(SettingsError, match="--upstream URL"):
+        load_settings(engine="vllm")
+    with pytest.raises(SettingsError, match="not both"):
+        load_settings(engine="vllm", spawn=True, upstream=["http://a:8001"])
+    assert load_settings(engine="vllm", spawn=True).spawn
+
+
+def test_upstreams_from_env_are_split_on_spaces_or_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAGATE_ENGINE", "vllm")
+    monkeypatch.setenv("LORAGATE_UPSTREAM", "http://a:8001, http://b:8001 http://c:8001")
+    assert load_settings().upstream == ["http://a:8001", "http://b:8001", "http://c:8001"]
+
+
+def test_upstreams_must_be_http_urls() -> None:
+    with pytest.raises(SettingsError, match="must start with http"):
+        load_settings(engine="vllm", upstream=["a:8001"])

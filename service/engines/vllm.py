@@ -1,0 +1,264 @@
+"""The vLLM backend: one or more vLLM OpenAI servers (``vllm serve ... --enable-lora``) over httpx.
+
+- Requests go out as streamed chat completions with ``model`` = the adapter's name
+  in vLLM (the registry ref, ``name@version``) or the base model; the SSE reply is
+  relayed chunk by chunk. Closing the stream (the client left) closes the upstream
+  response, and vLLM aborts the request.
+- Adapters are registered on a replica with ``/v1/load_lora_adapter`` from the
+  registry's path just before the first request there that needs them (one load,
+  however many requests wait for it), and unloaded when the replica holds more than
+  ``max_loaded_adapters`` (least recently used first, never one in use).
+- Replicas are chosen by ``routing.Router`` (affinity, else least loaded). A health
+  loop takes dead replicas out and brings them back, re-reading what they hold
+  (a restarted vLLM holds nothing). A connection failure before the first byte is
+  retried on another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import httpx
+
+from ..errors import ModelNotFoundError
+from .base import Delta, EngineEvents, EngineHealth, GenerationRequest
+from .routing import Replica, Router
+from .vllm_spawn import VllmSupervisor
+from .vllm_wire import AdapterLoadError, ChunkReader, UpstreamError, chat_body, error_message, request_error
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
+_GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
+
+
+class VllmEngine:
+    def __init__(
+        self,
+        upstreams: Sequence[str],
+        *,
+        model_name: str,
+        max_loaded_adapters: int = 8,
+        affinity_slack: int = 4,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 300.0,
+        health_interval: float = 2.0,
+        max_connections: int = 1024,
+        transport: httpx.AsyncBaseTransport | None = None,
+        supervisor: VllmSupervisor | None = None,
+    ):
+        self.model_name = model_name
+        self.max_context = 0  # learnt from the replicas' /v1/models
+        replicas = [Replica(url.rstrip("/").removesuffix("/v1")) for url in upstreams]
+        self.router = Router(replicas, affinity_slack)
+        self._capacity = max_loaded_adapters
+        self._health_interval = health_interval
+        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30.0, pool=30.0)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(timeout=self._timeout, limits=limits, transport=transport)
+        self._paths: dict[str, Path] = {}  # adapter name -> registry folder
+        self._events = EngineEvents()
+        self._checker: asyncio.Task[None] | None = None
+        self.supervisor = supervisor  # --spawn: the local vLLM server this engine runs
+
+    def subscribe(self, events: EngineEvents) -> None:
+        self._events = events
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.start()
+        self._checker = asyncio.create_task(self._health_loop(), name="loragate-vllm-health")
+
+    async def close(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            await asyncio.gather(self._checker, return_exceptions=True)
+        await self._http.aclose()
+        if self.supervisor is not None:
+            await self.supervisor.close()
+
+    async def check_replicas(self) -> None:
+        """One round of health checks (the loop runs it every ``health_interval`` seconds)."""
+        await asyncio.gather(*(self._check(r) for r in self.router.replicas))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.check_replicas()
+            await asyncio.sleep(self._health_interval)
+
+    async def _check(self, replica: Replica) -> None:
+        try:
+            alive = (await self._http.get(f"{replica.url}/health", timeout=2.0)).status_code == 200
+            if alive and not replica.up:
+                await self._sync(replica)
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            log.debug("replica %s: %s", replica.name, exc)
+            alive = False
+        if alive != replica.up:
+            log.log(
+                logging.INFO if alive else logging.WARNING,
+                "vLLM replica %s is %s",
+                replica.name,
+                "up" if alive else "DOWN",
+            )
+            replica.up = alive
+            self._events.replica_health(replica.name, alive)
+
+    async def _sync(self, replica: Replica) -> None:
+        """Read what a replica (new, or back from the dead) serves: its base model and adapters."""
+        response = await self._http.get(f"{replica.url}/v1/models", timeout=5.0)
+        response.raise_for_status()
+        models = response.json()["data"]
+        base = next(m for m in models if not m.get("parent"))
+        replica.base_model = base["id"]
+        replica.max_model_len = int(base.get("max_model_len") or 0)
+        replica.adapters.clear()
+        replica.adapters.update((m["id"], None) for m in models if m.get("parent") and m["id"] in self._paths)
+        lengths = [r.max_model_len for r in self.router.replicas if r.max_model_len]
+        self.max_context = min(lengths) if lengths else 0
+
+    async def health(self) -> EngineHealth:
+        up = self.router.up()
+        counts = {"running": 0, "waiting": 0}
+        for gauges in await asyncio.gather(*(self._gauges(r) for r in up)):
+            for key, value in gauges.items():
+                counts[key] += value
+        extra: dict[str, object] = {"replicas_up": len(up), "replicas": len(self.router.replicas), **counts}
+        if up:
+            return EngineHealth(True, "ready", extra)
+        if self.supervisor is not None:
+            restarts = self.supervisor.restarts
+            return EngineHealth(False, f"vLLM is starting (restarts so far: {restarts})", extra)
+        return EngineHealth(False, "no vLLM replica answers", extra)
+
+    async def _gauges(self, replica: Replica) -> dict[str, int]:
+        """vLLM's own running/waiting request counts, from its /metrics."""
+        try:
+            text = (await self._http.get(f"{replica.url}/metrics", timeout=2.0)).text
+        except httpx.HTTPError:
+            return {"running": replica.inflight, "waiting": 0}
+        counts = {"running": 0, "waiting": 0}
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in _GAUGES:
+                counts[_GAUGES[name]] += int(float(line.rsplit(" ", 1)[1]))
+        return counts
+
+    # -- adapters --------------------------------------------------------------
+    async def ensure_adapter(self, name: str, path: Path) -> None:
+        """Remember where ``name`` lives; it is loaded on the replica that first needs it."""
+        if not (path / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"The adapter `{name}` has no files to load.", param="model")
+        self._paths[name] = path
+
+    async def _load_on(self, replica: Replica, name: str) -> None:
+        if replica.holds(name):
+            replica.touch(name)
+            return
+        async with replica.lock(name):  # concurrent first requests: one load
+            if replica.holds(name):
+                return
+            await self._make_room(replica)
+            started = time.perf_counter()
+            body = {"lora_name": name, "lora_path": str(self._paths[name])}
+            response = await self._http.post(f"{replica.url}/v1/load_lora_adapter", json=body)
+            if response.status_code != 200 and "already" not in response.text:
+                reason = error_message(_json(response), response.text[:300])
+                status = response.status_code
+                log.error("replica %s refused adapter %s (%s): %s", replica.name, name, status, reason)
+                raise AdapterLoadError(f"The model server could not load the adapter `{name}`: {reason}")
+            replica.adapters[name] = None
+            self._events.adapter_loaded(name, time.perf_counter() - started)
+
+    async def _make_room(self, replica: Replica) -> None:
+        while len(replica.adapters) >= self._capacity:
+            victim = next(replica.evictable(), None)
+            if victim is None:
+                return  # every held adapter is in use: go over the limit for now
+            del replica.adapters[victim]
+            try:
+                await self._http.post(f"{replica.url}/v1/unload_lora_adapter", json={"lora_name": victim})
+            except httpx.HTTPError as exc:
+                log.warning("replica %s: unloading %s failed: %s", replica.name, victim, exc)
+            self._events.adapter_evicted(victim)
+
+    # -- generation --------------------------------------------------------------
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if request.adapter is not None and request.adapter not in self._paths:
+            raise ModelNotFoundError(f"The adapter `{request.adapter}` is not registered.", param="model")
+        tried: list[Replica] = []
+        reloaded = False
+        while True:
+            replica = self.router.pick(request.adapter, tried)
+            with replica.serving(request.adapter):
+                try:
+                    async with self._open(replica, request) as response:
+                        if response.status_code == 404 and request.adapter and not reloaded:
+                            replica.adapters.pop(request.adapter, None)  # the replica lost it (restart)
+                            reloaded = True
+                            continue
+                        if response.status_code != 200:
+                            raise request_error(response.status_code, (await response.aread()).decode())
+                        async for delta in self._relay(response, request.n):
+                            yield delta
+                        return
+                except _RETRYABLE as exc:
+                    log.warning("replica %s failed before answering (%s); trying another", replica.name, exc)
+                    replica.up = False
+                    self._events.replica_health(replica.name, False)
+                    tried.append(replica)
+
+    def _open(self, replica: Replica, request: GenerationRequest) -> _Upstream:
+        return _Upstream(self, replica, request)
+
+    async def _relay(self, response: httpx.Response, n: int) -> AsyncIterator[Delta]:
+        reader = ChunkReader(n)
+        try:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    for delta in reader.feed(line[5:].strip()):
+                        yield delta
+                    if reader.done:
+                        break
+        except httpx.HTTPError as exc:
+            raise UpstreamError("The connection to the model server broke while generating.") from exc
+        if reader.ended < n:
+            raise UpstreamError("The model server ended the stream before the answer was complete.")
+
+
+class _Upstream:
+    """``async with``: the adapter loaded on the replica, then the streamed response open."""
+
+    def __init__(self, engine: VllmEngine, replica: Replica, request: GenerationRequest):
+        self.engine, self.replica, self.request = engine, replica, request
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        engine, replica, request = self.engine, self.replica, self.request
+        if request.adapter is not None:
+            await engine._load_on(replica, request.adapter)
+        model = request.adapter or replica.base_model or engine.model_name
+        http_request = engine._http.build_request(
+            "POST",
+            f"{replica.url}/v1/chat/completions",
+            json=chat_body(request, model),
+            headers={"X-Request-Id": request.request_id},
+        )
+        self._response = await engine._http.send(http_request, stream=True)
+        return self._response
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._response is not None:
+            await self._response.aclose()  # unread: the connection closes and vLLM aborts
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None

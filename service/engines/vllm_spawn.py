@@ -1,0 +1,121 @@
+"""``loragate serve --engine vllm --spawn``: a local vLLM server, started, watched and stopped by the gateway.
+
+The server gets the flags multi-LoRA serving needs (``--enable-lora``, ``--max-lora-rank``
+from the registry's largest adapter, ``--max-loras``) and runtime adapter loading
+(``VLLM_ALLOW_RUNTIME_LORA_UPDATING``). If it dies it is started again, after a pause
+that doubles up to a minute; the vLLM backend's health loop takes it out of service
+meanwhile, and re-reads its (empty) adapter set when it is back. ``close()`` sends
+SIGTERM to its process group, then SIGKILL if it lingers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..registry import VLLM_LORA_RANKS
+
+log = logging.getLogger(__name__)
+
+RUNTIME_LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1"}
+
+
+def lora_rank_limit(ranks: Sequence[int], floor: int = 8) -> int:
+    """The smallest rank vLLM allows as ``--max-lora-rank`` that fits every adapter (at least ``floor``)."""
+    wanted = max([floor, *ranks])
+    fitting = [r for r in sorted(VLLM_LORA_RANKS) if r >= wanted]
+    if not fitting:
+        raise ValueError(f"an adapter of rank {wanted} is larger than vLLM serves ({max(VLLM_LORA_RANKS)})")
+    return fitting[0]
+
+
+@dataclass(frozen=True)
+class VllmCommand:
+    python: str
+    model_path: Path
+    served_name: str
+    port: int
+    dtype: str = "auto"
+    max_lora_rank: int = 16
+    max_loras: int = 4
+    max_model_len: int | None = None
+    extra_args: str = ""  # shell-quoted, e.g. "--kv-cache-memory-bytes 256M"
+    host: str = "127.0.0.1"
+
+    def argv(self) -> list[str]:
+        args = [
+            self.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_path),
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--dtype", self.dtype,
+            "--enable-lora",
+            "--max-lora-rank", str(self.max_lora_rank),
+            "--max-loras", str(self.max_loras),
+        ]  # fmt: skip
+        if self.max_model_len:
+            args += ["--max-model-len", str(self.max_model_len)]
+        return args + shlex.split(self.extra_args)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class VllmSupervisor:
+    command: VllmCommand
+    max_backoff: float = 60.0
+    backoff: float = 1.0  # the first pause before a restart; it doubles up to max_backoff
+    restarts: int = 0
+    process: asyncio.subprocess.Process | None = None
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _closing: bool = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="loragate-vllm-supervisor")
+
+    async def _supervise(self) -> None:
+        backoff = self.backoff
+        while not self._closing:
+            argv = self.command.argv()
+            log.info("starting vLLM: %s", shlex.join(argv))
+            self.process = await asyncio.create_subprocess_exec(
+                *argv, env={**os.environ, **RUNTIME_LORA_ENV}, start_new_session=True
+            )
+            code = await self.process.wait()
+            if self._closing:
+                return
+            self.restarts += 1
+            log.error("vLLM exited with code %s; restarting in %.0f s", code, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def close(self, grace: float = 20.0) -> None:
+        self._closing = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), grace)
+            except TimeoutError:
+                log.warning("vLLM did not stop within %.0f s; killing it", grace)
+                _signal_group(process.pid, signal.SIGKILL)
+                await process.wait()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)  # vLLM's engine core and workers are children in the same group
+    except ProcessLookupError:
+        pass

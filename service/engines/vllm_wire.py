@@ -1,0 +1,149 @@
+"""The wire between the gateway and a vLLM server: request bodies out, SSE chunks and errors in.
+
+Pure functions, so the unit tests can script every case without a server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    LoragateError,
+    ModelNotFoundError,
+)
+from .base import Delta, FinishReason, GenerationRequest
+
+
+class UpstreamError(LoragateError):
+    """vLLM failed this request (502: a gateway in front of a failing server)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class AdapterLoadError(LoragateError):
+    """vLLM refused to load a registry adapter: the deployment's problem, not the client's (500)."""
+
+    default_code = "adapter_load_failed"
+
+
+def chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:
+    """The body for vLLM's /v1/chat/completions: always streamed, always with usage."""
+    s = request.sampling
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},  # token accounting, whatever the client asked
+        "n": request.n,
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k if s.top_k > 0 else -1,
+        "min_p": s.min_p,
+        "repetition_penalty": s.repetition_penalty,
+        "min_tokens": s.min_tokens,
+        "ignore_eos": s.ignore_eos,
+    }
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if s.stop:
+        body["stop"] = list(s.stop)
+    return body
+
+
+def error_message(payload: Any, fallback: str) -> str:
+    """vLLM's error text from ``{"error": {"message"}}`` or ``{"object": "error", "message"}``."""
+    if isinstance(payload, dict):
+        inner = payload.get("error", payload)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return fallback
+
+
+def request_error(status: int, text: str) -> LoragateError:
+    """A non-2xx answer to a chat request, as the error the client should see."""
+    try:
+        message = error_message(json.loads(text), text[:500])
+    except ValueError:
+        message = text[:500] or f"vLLM answered {status}"
+    if status == 400:
+        lowered = message.lower()
+        if any(hint in lowered for hint in _CONTEXT_HINTS):
+            return ContextLengthError(message, param="messages")
+        return InvalidRequestError(message)
+    if status == 404:
+        return ModelNotFoundError(message, param="model")
+    return UpstreamError(f"The model server failed this request ({status}): {message}")
+
+
+_CONTEXT_HINTS = ("context length", "max_model_len", "maximum model length", "too long")
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+@dataclass
+class ChunkReader:
+    """Turns vLLM's SSE ``data:`` payloads into deltas for ``n`` choices.
+
+    Text goes out as it arrives. A choice's finish waits for the usage chunk that vLLM
+    sends after the last choice ends (straight after it, for ``n=1``), so that the
+    finishing deltas carry the token counts: the prompt's on each, the completion's
+    total on the last one.
+    """
+
+    n: int
+    finished: dict[int, FinishReason] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ended: int = 0  # choices whose finishing delta went out
+    done: bool = False  # [DONE] seen
+
+    def feed(self, data: str) -> list[Delta]:
+        if data == "[DONE]":
+            self.done = True
+            return self.finish()
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError("The model server sent a malformed stream.") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError("The model server sent a malformed stream.")
+        if "error" in chunk or chunk.get("object") == "error":
+            raise UpstreamError(error_message(chunk, "The model server failed while generating."))
+        out: list[Delta] = []
+        for choice in chunk.get("choices") or ():
+            index = int(choice.get("index", 0))
+            text = (choice.get("delta") or {}).get("content") or ""
+            if text:
+                out.append(Delta(index, text))
+            reason = choice.get("finish_reason")
+            if reason is not None:
+                self.finished[index] = _FINISH.get(reason, "stop")
+        usage = chunk.get("usage")
+        if usage:
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            if len(self.finished) >= self.n:
+                out += self.finish()
+        return out
+
+    def finish(self) -> list[Delta]:
+        """The held finishing deltas, once (at the usage chunk, or at ``[DONE]`` without one)."""
+        if not self.finished:
+            return []
+        indexes = sorted(self.finished)
+        out = [
+            Delta(i, "", self.finished[i], prompt_tokens=self.prompt_tokens, completion_tokens=0)
+            for i in indexes
+        ]
+        out[-1].completion_tokens = self.completion_tokens
+        self.finished = {}
+        self.ended += len(indexes)
+        return out
