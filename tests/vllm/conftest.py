@@ -1,0 +1,126 @@
+"""Real vLLM in tests: two CPU vLLM replicas on a tiny float32 Llama, two adapters, gateways in front.
+
+vLLM comes from the cached venv that ``make vllm`` builds (``.venv-vllm``, or ``$VLLM_PYTHON``).
+Without it these tests are skipped on a workstation and fail under CI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.config import Settings
+from tests.conftest import TINY_MODEL, LiveServer
+from tests.vllm.servers import VLLM_PYTHON, VllmServer
+from tests.worlds import Deployment, build_deployment
+
+TENANTS = """
+tenants:
+  acme:
+    default_department: plain
+    departments:
+      plain: {}
+      it: {adapter: acme-it}
+      legal: {adapter: acme-legal}
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_installed() -> None:
+    if not VLLM_PYTHON.exists():
+        message = f"vLLM is not installed at {VLLM_PYTHON}: run `make vllm`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
+    """A 2-layer random Llama, float32, weights drawn wide (std 0.3) so adapters change the tokens.
+
+    Head size 32: vLLM's CPU attention has no kernel for 16 (the other tiny models' size).
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vllm-tiny-llama")
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory, vllm_model_dir: Path) -> Deployment:
+    return build_deployment(
+        tmp_path_factory.mktemp("vllm-world"),
+        vllm_model_dir,
+        tenants=TENANTS,
+        templates={},
+        adapters=[("acme-it", "acme-it", 1), ("acme-legal", "acme-legal", 2)],
+        max_context=1024,
+    )
+
+
+@pytest.fixture(scope="session")
+def acme_key(deployment: Deployment) -> str:
+    return deployment.keys.create("acme", None)[1]
+
+
+@pytest.fixture(scope="session")
+def replicas(vllm_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VllmServer]]:
+    """Two vLLM replicas, started together (each takes 30-70 s on two cores)."""
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    servers = [VllmServer(vllm_model_dir, logs).start() for _ in range(2)]
+    try:
+        for server in servers:
+            server.wait_healthy()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def vllm_settings(base: Settings, replicas: list[VllmServer], **overrides: object) -> Settings:
+    values = {"engine": "vllm", "upstream": [r.url for r in replicas], "health_interval": 0.5}
+    return base.model_copy(update=values | overrides)
+
+
+@pytest.fixture(scope="session")
+def vllm_gateway(deployment: Deployment, replicas: list[VllmServer]) -> Iterator[LiveServer]:
+    """The gateway with tenants, departments and the registry, in front of both replicas."""
+    with LiveServer(vllm_settings(deployment.settings, replicas)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def embedded_gateway(deployment: Deployment) -> Iterator[LiveServer]:
+    """The same deployment on the embedded engine (transformers + PEFT, float32): the reference."""
+    with LiveServer(deployment.settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def single_tenant_gateway(deployment: Deployment, replicas: list[VllmServer]) -> Iterator[LiveServer]:
+    """Single-tenant mode (one API key, no departments), for the SDK contract tests."""
+    settings = vllm_settings(deployment.settings, replicas, tenants_file=None, model_name=TINY_MODEL)
+    with LiveServer(settings) as server:
+        yield server
