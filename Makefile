@@ -55,6 +55,7 @@ test-fast: $(STAMP)
 
 bench: model vllm
 	$(PY) -m loadtests.bench_engine
+	$(PY) -m loadtests.bench_vllm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check service tests loadtests adapters

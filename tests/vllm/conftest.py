@@ -15,7 +15,7 @@ import torch
 
 from service.config import Settings
 from tests.conftest import TINY_MODEL, LiveServer
-from tests.vllm.servers import VLLM_PYTHON, VllmServer
+from tests.vllm.servers import VLLM_PYTHON, VllmServer, tiny_server
 from tests.worlds import Deployment, build_deployment
 
 TENANTS = """
@@ -89,7 +89,7 @@ def acme_key(deployment: Deployment) -> str:
 def replicas(vllm_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VllmServer]]:
     """Two vLLM replicas, started together (each takes 30-70 s on two cores)."""
     logs = tmp_path_factory.mktemp("vllm-logs")
-    servers = [VllmServer(vllm_model_dir, logs).start() for _ in range(2)]
+    servers = [tiny_server(vllm_model_dir, logs).start() for _ in range(2)]
     try:
         for server in servers:
             server.wait_healthy()

@@ -1,0 +1,313 @@
+"""The gateway in front of vLLM against vLLM directly, then the embedded engine, on one model and load.
+
+    make bench        # or: .venv/bin/python -m loadtests.bench_vllm --help
+
+Model: the packaged SmolLM2-135M-Instruct in float32, with two demo LoRA adapters (rank 8)
+in a registry; tenant ``acme`` has departments ``plain`` (base), ``it`` and ``legal``.
+Load: ``--concurrency`` clients stream chat completions of exactly ``--new-tokens`` tokens
+(EOS ignored, greedy); requests cycle base, it, legal. The same requests go
+
+- through the gateway (``loragate serve --engine vllm --upstream ...``, its own process), and
+- to vLLM directly (``model`` = the adapter's name in vLLM, the same messages),
+
+in alternating rounds after a warm-up of each, so that both see the same machine; then a
+paired probe (one-token requests, one at a time, gateway then direct) isolates what the
+gateway adds to each request from the noise of a loaded machine. Then
+the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
+tokens/s over each round, per-request latency (start to last byte) and time to first token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+from loadtests.bench_engine import PROMPTS, machine
+from loadtests.vllm_server import VLLM_PYTHON, VllmServer
+from service.engines.vllm_spawn import VllmCommand
+from service.model_store import prepare_model
+
+MODEL = "SmolLM2-135M-Instruct"
+VIA, DIRECT, EMBEDDED = "gateway -> vLLM", "vLLM direct", "gateway -> embedded engine"
+DEPARTMENTS = ("plain", "it", "legal")
+TENANTS = """
+tenants:
+  acme:
+    default_department: plain
+    departments:
+      plain: {}
+      it: {adapter: acme-it}
+      legal: {adapter: acme-legal}
+"""
+
+
+@dataclass
+class Round:
+    target: str
+    seconds: float
+    tokens: int
+    latencies: list[float] = field(default_factory=list)
+    first_tokens: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+@dataclass
+class Target:
+    """Where requests go and how each department's request is addressed there."""
+
+    name: str
+    url: str  # .../v1/chat/completions
+    headers: dict[str, str]
+    models: dict[str, str]  # department -> body "model"
+    department_header: bool
+
+
+async def one(client: httpx.AsyncClient, target: Target, department: str, prompt: str, new_tokens: int):
+    body = {
+        "model": target.models[department],
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": new_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    headers = target.headers | ({"X-Department": department} if target.department_header else {})
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    async with client.stream("POST", target.url, json=body, headers=headers) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - started
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return time.perf_counter() - started, first or 0.0, tokens
+
+
+async def run_round(target: Target, requests: int, concurrency: int, new_tokens: int, bar: tqdm) -> Round:
+    jobs = [(DEPARTMENTS[i % 3], PROMPTS[i % len(PROMPTS)]) for i in range(requests)]
+    result = Round(target.name, 0.0, 0)
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def worker() -> None:
+            while jobs:
+                department, prompt = jobs.pop()
+                latency, first, tokens = await one(client, target, department, prompt, new_tokens)
+                result.latencies.append(latency)
+                result.first_tokens.append(first)
+                result.tokens += tokens
+                bar.update(1)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+async def paired_probe(via: Target, direct: Target, pairs: int, bar: tqdm) -> list[float]:
+    """Added latency without load noise: one-token requests, gateway and direct in turn, one at a time."""
+    added = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        for i in range(pairs):
+            department, prompt = DEPARTMENTS[i % 3], PROMPTS[i % len(PROMPTS)]
+            gateway_latency = (await one(client, via, department, prompt, 1))[0]
+            direct_latency = (await one(client, direct, department, prompt, 1))[0]
+            added.append(gateway_latency - direct_latency)
+            bar.update(1)
+    return added
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def build_world(root: Path, model_dir: Path) -> str:
+    """Registry with two demo adapters, tenants file, an API key for acme. Returns the key."""
+    from adapters.demo import build
+    from service.keys import KeyStore
+    from service.registry import Registry
+    from service.tenancy import TenantDirectory
+
+    registry = Registry(root / "registry", MODEL, base_aliases=(str(model_dir), model_dir.name))
+    for seed, name in ((1, "acme-it"), (2, "acme-legal")):
+        trained = build(model_dir, root / "trained" / name, seed=seed)
+        adapter = registry.publish(trained, name=name, level="L2")
+        registry.promote(name, adapter.ref)
+    (root / "tenants.yaml").write_text(TENANTS)
+    (root / "prompts").mkdir(exist_ok=True)
+    return KeyStore(root / "keys.json", TenantDirectory(root / "tenants.yaml", MODEL)).create("acme")[1]
+
+
+def start_gateway(root: Path, port: int, engine: list[str], model_dir: Path, log: Path) -> subprocess.Popen:
+    args = [
+        str(Path(".venv/bin/loragate").resolve()), "serve", "--port", str(port), "--log-level", "warning",
+        "--model-path", str(model_dir), "--model-name", MODEL, "--dtype", "float32",
+        "--tenants-file", str(root / "tenants.yaml"), "--keys-file", str(root / "keys.json"),
+        "--registry-dir", str(root / "registry"), "--prompts-dir", str(root / "prompts"),
+        "--max-batch-size", "16", "--default-max-tokens", "64", *engine,
+    ]  # fmt: skip
+    env = {**os.environ, "LORAGATE_API_KEY": "sk-bench-" + "x" * 24}
+    with log.open("ab") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"the gateway did not become ready; see {log}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def summarise(rounds: list[Round]) -> dict[str, float]:
+    latencies = [x for r in rounds for x in r.latencies]
+    firsts = [x for r in rounds for x in r.first_tokens]
+    return {
+        "tokens_per_second": statistics.mean(r.tokens_per_second for r in rounds),
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "ttft_p50_ms": 1000 * percentile(firsts, 50),
+        "rounds": len(rounds),
+    }
+
+
+def print_table(summary: dict[str, dict[str, float]]) -> None:
+    print(f"\n{'target':<28}{'rounds':>7}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'TTFT p50':>10}")
+    for name, s in summary.items():
+        print(
+            f"{name:<28}{s['rounds']:>7}{s['tokens_per_second']:>9.1f}{s['p50_ms']:>9.1f}"
+            f"{s['p99_ms']:>9.1f}{s['ttft_p50_ms']:>10.1f}"
+        )
+    gateway, direct = summary[VIA], summary[DIRECT]
+    ratio = gateway["tokens_per_second"] / direct["tokens_per_second"]
+    print(f"\ngateway/direct throughput: {ratio:.3f}x (target >= 0.95)")
+    print(f"added latency: p50 {gateway['p50_ms'] - direct['p50_ms']:+.1f} ms (target < 2 ms), "
+          f"p99 {gateway['p99_ms'] - direct['p99_ms']:+.1f} ms")  # fmt: skip
+
+
+def rounds_of(target: Target, args: argparse.Namespace, count: int, bar: tqdm) -> list[Round]:
+    return [
+        asyncio.run(run_round(target, args.requests, args.concurrency, args.new_tokens, bar))
+        for _ in range(count)
+    ]
+
+
+def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
+    """Gateway -> vLLM and vLLM direct, alternating; then the paired probe."""
+    command = VllmCommand(
+        python=str(VLLM_PYTHON), model_path=model_dir, served_name=MODEL, port=args.vllm_port,
+        dtype="float32", max_lora_rank=8, max_loras=2, max_model_len=2048,
+        extra_args="--kv-cache-memory-bytes 1G --max-num-seqs 32",
+    )  # fmt: skip
+    vllm = VllmServer(command, root / "vllm.log").start().wait_healthy()
+    gateway_args = ["--engine", "vllm", "--upstream", vllm.url]
+    gateway = start_gateway(root, args.gateway_port, gateway_args, model_dir, root / "gateway.log")
+    via = Target(VIA, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions",
+                 {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, MODEL), True)  # fmt: skip
+    direct = Target(DIRECT, f"{vllm.url}/v1/chat/completions", {},
+                    {"plain": MODEL, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
+    rounds: dict[str, list[Round]] = {VIA: [], DIRECT: []}
+    try:
+        with tqdm(total=args.requests * (2 * args.rounds + 2), desc="vLLM rounds", unit="req") as bar:
+            for target in (via, direct):  # warm-up: adapters loaded, connection pools filled
+                rounds_of(target, args, 1, bar)
+            for _ in range(args.rounds):
+                for target in (via, direct):
+                    rounds[target.name] += rounds_of(target, args, 1, bar)
+        with tqdm(total=args.probe_pairs, desc="paired probe", unit="pair") as bar:
+            added = asyncio.run(paired_probe(via, direct, args.probe_pairs, bar))
+    finally:
+        stop(gateway)
+        vllm.stop()
+    return rounds, added, via
+
+
+def bench_embedded(args: argparse.Namespace, root: Path, model_dir: Path, via: Target) -> list[Round]:
+    """The same load on ``loragate serve --engine local`` (vLLM stopped by now)."""
+    local = start_gateway(root, args.gateway_port, ["--engine", "local"], model_dir, root / "local.log")
+    embedded = Target(EMBEDDED, via.url, via.headers, via.models, True)
+    try:
+        total = args.requests * (1 + args.embedded_rounds)
+        with tqdm(total=total, desc="embedded rounds", unit="req") as bar:
+            rounds_of(embedded, args, 1, bar)  # warm-up
+            return rounds_of(embedded, args, args.embedded_rounds, bar)
+    finally:
+        stop(local)
+
+
+def main(args: argparse.Namespace) -> None:
+    model_dir = prepare_model(Path("data/models/smollm2-135m-instruct"))
+    root = Path(tempfile.mkdtemp(prefix="loragate-bench-"))
+    key = build_world(root, model_dir)
+    print(f"{machine()}\nstarting vLLM (30-70 s) and the gateway; logs in {root}")
+    rounds, added, via = bench_vllm(args, root, model_dir, key)
+    rounds[EMBEDDED] = bench_embedded(args, root, model_dir, via)
+    summary = {name: summarise(rs) for name, rs in rounds.items()}
+    print_table(summary)
+    probe = {
+        "pairs": len(added),
+        "p50_ms": 1000 * percentile(added, 50),
+        "p99_ms": 1000 * percentile(added, 99),
+    }
+    print(
+        f"paired probe, one-token requests one at a time: the gateway adds p50 {probe['p50_ms']:.2f} ms, "
+        f"p99 {probe['p99_ms']:.2f} ms ({len(added)} pairs)"
+    )
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    rows = {n: [asdict(r) for r in rs] for n, rs in rounds.items()}
+    report = {"machine": machine(), "args": vars(args), "summary": summary, "probe": probe, "rounds": rows}
+    (out / "vllm.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {out / 'vllm.json'}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=32, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds of each vLLM target")
+    parser.add_argument("--embedded-rounds", type=int, default=1)
+    parser.add_argument("--probe-pairs", type=int, default=60, help="one-token requests, gateway then direct")
+    parser.add_argument("--vllm-port", type=int, default=8011)
+    parser.add_argument("--gateway-port", type=int, default=8012)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
