@@ -39,31 +39,37 @@ def smollm2_dir() -> Path:
     return prepare_model(SMOLLM2_DIR)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
-    """A 2-layer random Llama (float32) that speaks SmolLM2's tokenizer and chat template."""
+def write_tiny_llama(
+    path: Path, tokenizer_dir: Path, *, heads: int = 4, kv_heads: int = 2, std: float = 0.02
+) -> Path:
+    """A 2-layer random Llama (hidden 64, float32) with SmolLM2's tokenizer and chat template."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=std,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.float32)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
+    """A 2-layer random Llama (float32) that speaks SmolLM2's tokenizer and chat template."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_dir)
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from service.config import Settings
-from tests.conftest import TINY_MODEL, LiveServer
+from tests.conftest import TINY_MODEL, LiveServer, write_tiny_llama
 from tests.vllm.servers import VLLM_PYTHON, VllmServer, tiny_server
 from tests.worlds import Deployment, build_deployment
 
@@ -44,28 +43,8 @@ def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) 
 
     Head size 32: vLLM's CPU attention has no kernel for 16 (the other tiny models' size).
     """
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.3,
-    )
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("vllm-tiny-llama")
-    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return write_tiny_llama(path, smollm2_dir, heads=2, kv_heads=1, std=0.3)
 
 
 @pytest.fixture(scope="session")
