@@ -18,7 +18,7 @@ from .data import PreferencePair
 from .modeling import load_tokenizer, load_trainable_adapter, setup_torch, train_and_save, training_args
 from .recipe import PreferenceSpec, Recipe
 from .reward import conversational_pairs
-from .runs import Run, finished_adapter
+from .runs import Run, finished_adapter, input_digests
 from .splits import preference_splits
 
 log = logging.getLogger("adapters")
@@ -75,10 +75,9 @@ def train_preferences(recipe: Recipe, run: Run, spec: PreferenceSpec, pairs: lis
 
 
 def run_dpo(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
-    run = Run(recipe, "dpo")
+    run = Run(recipe, "dpo", input_digests(recipe, "sft"))
     if (cached := run.cached(force)) is not None:
         return cached
-    finished_adapter(recipe, "sft")  # fail before touching the run folder
     run.start(force)
     pairs, _ = preference_splits(recipe)
     figures = train_preferences(recipe, run, recipe.dpo, pairs)

@@ -29,7 +29,7 @@ from .metrics import rouge_l, win_rate
 from .modeling import load_causal_lm, load_tokenizer, setup_torch
 from .recipe import Recipe
 from .report import write_report
-from .runs import Run, finished_adapter
+from .runs import Run, finished_adapter, input_digests
 from .splits import instruction_splits
 
 log = logging.getLogger("adapters")
@@ -91,7 +91,10 @@ def run_eval(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
     from peft import PeftModel
 
     adapters = trained_adapters(recipe)
-    run = Run(recipe, "eval", {name: sha256_of(path / WEIGHTS) for name, path in adapters.items()})
+    inputs = {name: sha256_of(path / WEIGHTS) for name, path in adapters.items()}
+    if (recipe.run_dir("reward") / "metrics.json").is_file():  # the reward-model judge
+        inputs |= input_digests(recipe, "reward")
+    run = Run(recipe, "eval", inputs)
     if (cached := run.cached(force)) is not None:
         return cached
     run.start(force)

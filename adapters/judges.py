@@ -142,6 +142,11 @@ def format_check(recipe: Recipe) -> Callable[[str], bool] | None:
     return FORMAT_CHECKS[name]
 
 
+def judge_inputs(recipe: Recipe) -> tuple[str, ...]:
+    """The earlier steps the recipe's judge needs (the reward model's, for `reward`)."""
+    return ("reward",) if recipe.judge.kind == "reward" else ()
+
+
 def make_judge(recipe: Recipe, tokenizer: Any, base_model: Any = None, kind: str | None = None) -> Judge:
     """The judge the recipe names (or `kind`); `base_model` is reused by the LLM judge if given."""
     kind = kind or recipe.judge.kind

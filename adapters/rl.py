@@ -14,11 +14,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .judges import RewardJudge, RuleJudge, make_judge
+from .judges import RewardJudge, RuleJudge, judge_inputs, make_judge
 from .modeling import load_tokenizer, load_trainable_adapter, setup_torch, train_and_save, training_args
 from .recipe import Recipe
 from .rlaif import sample_prompts
-from .runs import Run, StepError, finished_adapter
+from .runs import Run, StepError, finished_adapter, input_digests
 
 log = logging.getLogger("adapters")
 
@@ -48,10 +48,9 @@ def run_rl(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         raise StepError(
             f"rl needs a judge that scores single answers (reward or rule), not {recipe.judge.kind!r}"
         )
-    run = Run(recipe, "rl")
+    run = Run(recipe, "rl", input_digests(recipe, "sft", *judge_inputs(recipe)))
     if (cached := run.cached(force)) is not None:
         return cached
-    finished_adapter(recipe, "sft")
     run.start(force)
     setup_torch(recipe)
     spec = recipe.rl

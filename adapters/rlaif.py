@@ -21,10 +21,10 @@ from typing import Any
 from .data import PreferencePair, prompt_text
 from .dpo import train_preferences
 from .generation import generate
-from .judges import Verdict, make_judge
+from .judges import Verdict, judge_inputs, make_judge
 from .modeling import load_causal_lm, load_tokenizer, setup_torch
 from .recipe import Recipe
-from .runs import Run, StepError, finished_adapter
+from .runs import Run, StepError, finished_adapter, input_digests
 from .splits import instruction_splits
 
 log = logging.getLogger("adapters")
@@ -76,10 +76,9 @@ def kept_pairs(records: list[dict]) -> list[PreferencePair]:
 
 
 def run_rlaif(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
-    run = Run(recipe, "rlaif")
+    run = Run(recipe, "rlaif", input_digests(recipe, "sft", *judge_inputs(recipe)))
     if (cached := run.cached(force)) is not None:
         return cached
-    finished_adapter(recipe, "sft")
     run.start(force)
     verdicts_file = run.dir / "verdicts.jsonl"
     if verdicts_file.is_file():

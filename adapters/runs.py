@@ -7,8 +7,11 @@
                              adapter/         the result (a PEFT folder) once the step finished
                              metrics.json     written last: the step is done
 
-A rerun with the same resolved config finds `metrics.json` and does nothing; with another config
-it starts afresh (stale checkpoints would not match). `force=True` always starts afresh.
+A rerun with the same config finds `metrics.json` and does nothing; with another config it starts
+afresh (stale checkpoints would not match). `force=True` always starts afresh. "The same config"
+means the recipe sections the step reads (`STEP_SECTIONS`, plus department, base model, seed and
+data) and the sha256 of its input adapters: tuning `rlaif` does not retrain `sft`, while a new
+L2 adapter does make every L3 step and the evaluation run again.
 """
 
 from __future__ import annotations
@@ -30,13 +33,33 @@ class StepError(RuntimeError):
     """A step that cannot run (missing input run, failed gate, bad data)."""
 
 
+COMMON_SECTIONS = ("department", "base_model", "seed", "data")
+STEP_SECTIONS = {
+    "sft": ("lora", "sft"),
+    "reward": ("lora", "reward"),
+    "dpo": ("dpo",),
+    "rlaif": ("rlaif", "judge"),
+    "rl": ("rl", "judge"),
+    "eval": ("eval", "judge"),
+}
+
+
 class Run:
-    def __init__(self, recipe: Recipe, step: str, options: dict[str, Any] | None = None):
+    def __init__(self, recipe: Recipe, step: str, inputs: dict[str, Any] | None = None):
+        """`inputs`: what else the result depends on (the sha256 of the adapters it starts from)."""
         self.recipe = recipe
         self.step = step
         self.dir = recipe.run_dir(step)
-        self.config = {"step": step, "options": options or {}, "recipe": recipe.as_dict()}
+        self.config = {"step": step, "options": inputs or {}, "recipe": recipe.as_dict()}
         self._handler: logging.Handler | None = None
+
+    def _key(self, config: dict[str, Any] | None) -> Any:
+        """The part of a config that decides the result."""
+        if config is None:
+            return None
+        sections = (*COMMON_SECTIONS, *STEP_SECTIONS.get(self.step, ()))
+        recipe = config.get("recipe", {})
+        return config.get("options"), {name: recipe.get(name) for name in sections}
 
     adapter = property(lambda self: self.dir / "adapter")
     checkpoints = property(lambda self: self.dir / "checkpoints")
@@ -45,7 +68,7 @@ class Run:
 
     def done(self) -> bool:
         """Finished before with the same resolved config."""
-        return self.metrics_file.is_file() and self._saved_config() == self.config
+        return self.metrics_file.is_file() and self._key(self._saved_config()) == self._key(self.config)
 
     def cached(self, force: bool = False) -> dict[str, Any] | None:
         """The figures of a finished run of the same config (unless `force`), else None."""
@@ -61,9 +84,8 @@ class Run:
 
     def start(self, force: bool = False) -> None:
         """Make the folder ready: keep checkpoints of the same config (resume), else start afresh."""
-        if self.dir.exists() and (force or self._saved_config() != self.config):
-            if self.dir.exists():
-                log.info("%s: starting afresh in %s", self.step, self.dir)
+        if self.dir.exists() and (force or self._key(self._saved_config()) != self._key(self.config)):
+            log.info("%s: starting afresh in %s", self.step, self.dir)
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_file.unlink(missing_ok=True)
@@ -90,6 +112,13 @@ class Run:
 
     def metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_file.read_text())
+
+
+def input_digests(recipe: Recipe, *steps: str) -> dict[str, str]:
+    """sha256 of the adapters of finished earlier steps (a step's inputs)."""
+    from service.registry import WEIGHTS, sha256_of
+
+    return {step: sha256_of(finished_adapter(recipe, step) / WEIGHTS) for step in steps}
 
 
 def finished_adapter(recipe: Recipe, step: str) -> Path:

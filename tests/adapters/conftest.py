@@ -55,7 +55,7 @@ def tiny_recipe(model_dir: Path, workdir: Path, *extra: str) -> Recipe:
             f"data.held_out={data / 'held_out.jsonl'}",
             f"data.preferences={data / 'preferences.jsonl'}",
             f"data.preferences_held_out={data / 'preferences_held_out.jsonl'}",
-            "threads=2",
+            "threads=1",
             *TINY_OVERRIDES,
             *extra,
         ],

@@ -20,6 +20,7 @@ from adapters.recipe import Recipe
 from adapters.reward import run_reward
 from adapters.rl import run_rl
 from adapters.rlaif import run_rlaif
+from adapters.runs import Run, input_digests
 from adapters.sft import run_sft
 from service.registry import AdapterRejected, check_servable
 
@@ -113,6 +114,16 @@ def test_rlaif_keeps_the_judge_verdicts(recipe: Recipe) -> None:
     assert all({"answer_a", "answer_b", "preference", "detail"} <= v.keys() for v in verdicts)
     assert_moved(recipe.run_dir("sft") / "adapter", recipe.run_dir("rlaif") / "adapter")
     check_servable(recipe.run_dir("rlaif") / "adapter")
+
+
+def test_a_step_reruns_only_when_what_it_reads_changed(recipe: Recipe) -> None:
+    run_dpo(recipe)
+    tuned = recipe.model_copy(update={"rlaif": recipe.rlaif.model_copy(update={"prompts": 5})})
+    assert Run(tuned, "sft").done()
+    retrained = recipe.model_copy(update={"sft": recipe.sft.model_copy(update={"max_steps": 5})})
+    assert not Run(retrained, "sft").done()
+    assert Run(recipe, "dpo", input_digests(recipe, "sft")).done()
+    assert not Run(recipe, "dpo", {"sft": "0" * 64}).done()  # another L2 adapter: train L3 again
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
