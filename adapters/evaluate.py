@@ -82,7 +82,7 @@ def judges_for(recipe: Recipe, tokenizer: Any) -> dict[str, Judge]:
     kinds = [recipe.judge.kind]
     if recipe.judge.kind != "reward" and (recipe.run_dir("reward") / "metrics.json").is_file():
         kinds.append("reward")
-    if recipe.judge.kind != "rule" and recipe.data.format_check:
+    if recipe.judge.kind != "rule" and format_check(recipe) is not None:
         kinds.append("rule")
     return {kind: make_judge(recipe, tokenizer, kind=kind) for kind in kinds}
 

@@ -11,6 +11,7 @@ wins and 0.5 for a tie. RLAIF trains on the verdicts; eval turns them into win r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -134,7 +135,11 @@ class LlmJudge:
 
 
 def format_check(recipe: Recipe) -> Callable[[str], bool] | None:
-    name = recipe.data.format_check
+    """The recipe's format check: a named one from FORMAT_CHECKS, or its own regular expression."""
+    name, regex = recipe.data.format_check, recipe.data.format_regex
+    if regex is not None:
+        pattern = re.compile(regex)
+        return lambda text: pattern.fullmatch(text.strip()) is not None
     if name is None:
         return None
     if name not in FORMAT_CHECKS:
@@ -153,7 +158,7 @@ def make_judge(recipe: Recipe, tokenizer: Any, base_model: Any = None, kind: str
     if kind == "rule":
         check = format_check(recipe)
         if check is None:
-            raise StepError("the rule judge needs `data.format_check` in the recipe")
+            raise StepError("the rule judge needs `data.format_check` or `data.format_regex` in the recipe")
         return RuleJudge(check)
     if kind == "reward":
         return RewardJudge.load(recipe.base_model, finished_adapter(recipe, "reward"), tokenizer)

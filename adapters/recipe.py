@@ -42,6 +42,9 @@ class DataSpec(_Strict):
     format_check: str | None = Field(
         None, description="name of the department's format check in adapters.data.FORMAT_CHECKS"
     )
+    format_regex: str | None = Field(
+        None, description="or the format as a regular expression the whole answer must match"
+    )
 
 
 class LoraSpec(_Strict):

@@ -59,7 +59,7 @@ class Run:
             return None
         sections = (*COMMON_SECTIONS, *STEP_SECTIONS.get(self.step, ()))
         recipe = config.get("recipe", {})
-        return config.get("options"), {name: recipe.get(name) for name in sections}
+        return config.get("options"), _unset_dropped({name: recipe.get(name) for name in sections})
 
     adapter = property(lambda self: self.dir / "adapter")
     checkpoints = property(lambda self: self.dir / "checkpoints")
@@ -112,6 +112,13 @@ class Run:
 
     def metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_file.read_text())
+
+
+def _unset_dropped(value: Any) -> Any:
+    """Without None entries: a field added later at its default None changes no result."""
+    if isinstance(value, dict):
+        return {k: _unset_dropped(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def input_digests(recipe: Recipe, *steps: str) -> dict[str, str]:

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from adapters.data import check_ticket
-from adapters.judges import LlmJudge, RuleJudge
+from adapters.judges import LlmJudge, RuleJudge, format_check
 from adapters.metrics import lcs_length, rouge_l, win_rate
 from adapters.modeling import load_causal_lm, load_tokenizer
 from adapters.recipe import RecipeError, apply_overrides, field_help, load_recipe
+from adapters.splits import instruction_splits
 
 from .conftest import HELPDESK, ROOT
 
@@ -39,6 +40,26 @@ def test_overrides_and_recipes_that_cannot_be_used(tmp_path: Path) -> None:
     bad.write_text("department: x\n")
     with pytest.raises(RecipeError, match="data: Field required"):
         load_recipe(bad)
+
+
+def test_a_csv_without_held_out_file_is_split_by_seed(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.csv"
+    lines = ["instruction,context,response,category"]
+    lines += [f"Question {i}?,,Answer {i}.,open_qa" for i in range(20)]
+    rows.write_text("\n".join(lines) + "\n")
+    recipe = load_recipe(HELPDESK, [f"data.train={rows}", "data.held_out=", "data.held_out_fraction=0.25"])
+    train, held_out = instruction_splits(recipe)
+    assert (len(train), len(held_out)) == (15, 5)
+    assert instruction_splits(recipe) == (train, held_out)  # deterministic
+    other_seed = recipe.model_copy(update={"seed": 7})
+    assert instruction_splits(other_seed)[1] != held_out
+
+
+def test_a_recipe_can_define_its_format_as_a_regex() -> None:
+    recipe = load_recipe(HELPDESK, [r"data.format_regex='ANSWER: \w+'"])  # quoted: values are YAML
+    check = format_check(recipe)
+    assert check is not None and check("ANSWER: yes\n") and not check("ANSWER: yes, and more")
+    assert RuleJudge(check).compare(["q"], ["ANSWER: ok"], ["ok"])[0].preference == 1.0
 
 
 def test_every_field_has_help() -> None:
