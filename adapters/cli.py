@@ -1,0 +1,122 @@
+"""`loragate train ...`: the adapter factory's steps, each driven by a department recipe.
+
+    loragate train sft     --recipe adapters/recipes/it-helpdesk.yaml   L2: LoRA SFT
+    loragate train reward  --recipe ...                                 reward model (LoRA classifier)
+    loragate train rl      --recipe ...                                 L3: RLOO/GRPO with the reward model
+    loragate train dpo     --recipe ...                                 L3: DPO (or KTO, ORPO) on pairs
+    loragate train rlaif   --recipe ...                                 L3: judged samples, then DPO
+    loragate train eval    --recipe ...                                 base vs L2 vs L3 report
+    loragate train publish --recipe ... --level L2|L3                   gate, checks, registry
+    loragate train chain   --recipe ...                                 sft, reward, L3, eval, publish
+    loragate train summary RECIPE...                                    the figures of finished runs
+    loragate train fields                                               every recipe field, with help
+
+Common options: `--set key=value` (repeatable) overrides a recipe field; `--force` trains again
+even when the run folder holds a finished run of the same config. An interrupted step resumes
+from its last checkpoint when run again with the same config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .recipe import Recipe, RecipeError, field_help, load_recipe
+
+STEPS = ("sft", "reward", "rl", "dpo", "rlaif", "eval")
+
+
+def add_train_commands(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "train",
+        help="the adapter factory: sft, reward, rl, dpo, rlaif, eval, publish",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    steps = parser.add_subparsers(dest="step", required=True)
+    for name in (*STEPS, "publish", "chain"):
+        step = steps.add_parser(name, help=f"the {name} step" if name != "chain" else "the whole chain")
+        step.add_argument("--recipe", required=True, help="the department's YAML recipe")
+        step.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        step.add_argument("--force", action="store_true", help="start afresh even if a run finished")
+        if name == "publish":
+            step.add_argument("--level", choices=["L2", "L3"], required=True)
+    steps.add_parser("fields", help="every recipe field, its default and its meaning")
+    summary = steps.add_parser("summary", help="the figures of the departments' finished runs")
+    summary.add_argument("recipes", nargs="+", help="department recipes")
+    return parser
+
+
+def _runner(step: str) -> Callable[..., dict[str, Any]]:
+    if step == "sft":
+        from .sft import run_sft as runner
+    elif step == "reward":
+        from .reward import run_reward as runner
+    elif step == "rl":
+        from .rl import run_rl as runner
+    elif step == "dpo":
+        from .dpo import run_dpo as runner
+    elif step == "rlaif":
+        from .rlaif import run_rlaif as runner
+    else:
+        from .evaluate import run_eval as runner
+    return runner
+
+
+def run_step(recipe: Recipe, step: str, force: bool = False) -> dict[str, Any]:
+    started = time.monotonic()
+    figures = _runner(step)(recipe, force=force)
+    logging.getLogger("adapters").info("%s %s: %.0f s", recipe.department, step, time.monotonic() - started)
+    return figures
+
+
+def run_chain(recipe: Recipe, force: bool = False) -> dict[str, Any]:
+    """sft, reward, the recipe's L3 step, eval, then publish L2 and L3 (each behind its gate)."""
+    from .publish import publish
+
+    for step in ("sft", "reward", recipe.publish.l3, "eval"):
+        run_step(recipe, step, force)
+    refs = {level: publish(recipe, level).ref for level in ("L2", "L3")}  # type: ignore[arg-type]
+    print(f"{recipe.department}: published {refs['L2']} (L2) and {refs['L3']} (L3)")
+    return refs
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .publish import publish
+    from .runs import StepError
+
+    if args.step == "fields":
+        print("\n".join(field_help()))
+        return 0
+    if args.step == "summary":
+        from .report import summary
+
+        print(summary([load_recipe(path) for path in args.recipes]))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.errors import LoragateError
+
+    from .data import DataError
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.step == "publish":
+            adapter = publish(recipe, args.level)
+            digest = adapter.manifest.sha256[:12]
+            print(f"published {adapter.ref} to {recipe.publish.registry} (sha256 {digest}...)")
+        elif args.step == "chain":
+            run_chain(recipe, args.force)
+        else:
+            print(json.dumps(run_step(recipe, args.step, args.force), indent=2, sort_keys=True))
+    except (RecipeError, DataError, StepError) as exc:
+        print(f"loragate train {args.step}: {exc}", file=sys.stderr)
+        return 1
+    except LoragateError as exc:  # AdapterRejected from the registry's checks
+        print(f"loragate train {args.step}: {exc.message}", file=sys.stderr)
+        return 1
+    return 0

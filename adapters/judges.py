@@ -1,0 +1,169 @@
+"""Judges: which of two answers to the same prompt is better.
+
+    reward   the department's reward model (`loragate train reward`) scores each answer
+    llm      the base model, prompted with the recipe's rubric, picks A or B; asked in both
+             orders and averaged, so that a preference for the first position cancels out
+    rule     the department's format check: an answer that passes beats one that fails
+
+`compare` returns one `Verdict` per prompt: `preference` is 1.0 when answer A wins, 0.0 when B
+wins and 0.5 for a tie. RLAIF trains on the verdicts; eval turns them into win rates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from .data import FORMAT_CHECKS
+from .generation import render_prompt
+from .recipe import Recipe
+from .runs import StepError, finished_adapter
+
+
+@dataclass
+class Verdict:
+    preference: float
+    detail: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Judge(Protocol):
+    name: str
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]: ...
+
+
+def _by_score(scores_a: Sequence[float], scores_b: Sequence[float]) -> list[Verdict]:
+    return [
+        Verdict(1.0 if x > y else 0.0 if x < y else 0.5, {"score_a": round(x, 4), "score_b": round(y, 4)})
+        for x, y in zip(scores_a, scores_b, strict=True)
+    ]
+
+
+class RuleJudge:
+    name = "rule"
+
+    def __init__(self, check: Callable[[str], bool]):
+        self.check = check
+
+    def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
+        return [float(self.check(answer)) for answer in answers]
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]:
+        return _by_score(self.scores(prompts, a), self.scores(prompts, b))
+
+
+class RewardJudge:
+    name = "reward"
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+
+    @classmethod
+    def load(cls, base: Any, adapter: Any, tokenizer: Any) -> RewardJudge:
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return cls(PeftModel.from_pretrained(model, adapter), tokenizer)
+
+    @torch.no_grad()
+    def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
+        self.tokenizer.padding_side = "right"
+        out: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}, {"role": "assistant", "content": a}], tokenize=False
+                )
+                for p, a in zip(
+                    prompts[start : start + self.batch_size],
+                    answers[start : start + self.batch_size],
+                    strict=True,
+                )
+            ]
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            out += self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()
+        return out
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]:
+        return _by_score(self.scores(prompts, a), self.scores(prompts, b))
+
+
+class LlmJudge:
+    name = "llm"
+    QUESTION = (
+        "{rubric}\n\nRequest:\n{prompt}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\n"
+        "Which answer is better? Reply with the single letter A or B."
+    )
+
+    def __init__(self, model: Any, tokenizer: Any, rubric: str, batch_size: int = 8):
+        self.model, self.tokenizer, self.rubric, self.batch_size = model.eval(), tokenizer, rubric, batch_size
+        self.letters = [tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in ("A", "B")]
+
+    @torch.no_grad()
+    def _p_first(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[float]:
+        """P(the answer shown as A is better), from the next-token odds of "A" against "B"."""
+        self.tokenizer.padding_side = "left"
+        out: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            end = start + self.batch_size
+            texts = [
+                render_prompt(self.tokenizer, self.QUESTION.format(rubric=self.rubric, prompt=p, a=x, b=y))
+                for p, x, y in zip(prompts[start:end], a[start:end], b[start:end], strict=True)
+            ]
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            logits = self.model(**batch.to(self.model.device)).logits[:, -1, self.letters].float()
+            out += logits.softmax(-1)[:, 0].tolist()
+        return out
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]:
+        first = self._p_first(prompts, a, b)
+        swapped = self._p_first(prompts, b, a)
+        verdicts = []
+        for p1, p2 in zip(first, swapped, strict=True):
+            p = (p1 + (1.0 - p2)) / 2
+            verdicts.append(Verdict(1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5, {"p_a": round(p, 4)}))
+        return verdicts
+
+
+def format_check(recipe: Recipe) -> Callable[[str], bool] | None:
+    """The recipe's format check: a named one from FORMAT_CHECKS, or its own regular expression."""
+    name, regex = recipe.data.format_check, recipe.data.format_regex
+    if regex is not None:
+        pattern = re.compile(regex)
+        return lambda text: pattern.fullmatch(text.strip()) is not None
+    if name is None:
+        return None
+    if name not in FORMAT_CHECKS:
+        raise StepError(f"unknown format check {name!r} (known: {sorted(FORMAT_CHECKS)})")
+    return FORMAT_CHECKS[name]
+
+
+def judge_inputs(recipe: Recipe) -> tuple[str, ...]:
+    """The earlier steps the recipe's judge needs (the reward model's, for `reward`)."""
+    return ("reward",) if recipe.judge.kind == "reward" else ()
+
+
+def make_judge(recipe: Recipe, tokenizer: Any, base_model: Any = None, kind: str | None = None) -> Judge:
+    """The judge the recipe names (or `kind`); `base_model` is reused by the LLM judge if given."""
+    kind = kind or recipe.judge.kind
+    if kind == "rule":
+        check = format_check(recipe)
+        if check is None:
+            raise StepError("the rule judge needs `data.format_check` or `data.format_regex` in the recipe")
+        return RuleJudge(check)
+    if kind == "reward":
+        return RewardJudge.load(recipe.base_model, finished_adapter(recipe, "reward"), tokenizer)
+    if base_model is None:
+        from .modeling import load_causal_lm
+
+        base_model = load_causal_lm(recipe.base_model, tokenizer)
+    return LlmJudge(base_model, tokenizer, recipe.judge.rubric)

@@ -1,0 +1,115 @@
+"""`loragate train publish`: an evaluated adapter into the gateway's registry, behind a gate.
+
+    loragate train publish --recipe adapters/recipes/it-helpdesk.yaml --level L2
+    loragate train publish --recipe adapters/recipes/it-helpdesk.yaml --level L3
+
+Refuses (exit status 1, every reason listed) when:
+- the adapter is not one vLLM would serve (`service.registry.check_servable`: rank in vLLM's set,
+  no modules_to_save, no DoRA, no LoRA bias, no added tokens) or was trained on another base;
+- the evaluation is missing or was made on other weights (run `train eval` again);
+- the recipe's gate (`gate_l2` / `gate_l3`) fails: loss reduction against the base, format
+  compliance, and for L3 the judge's win rate over L2.
+Otherwise the registry copies the adapter in as a new version with a manifest that carries its
+sha256 and evaluation figures. Publishing the same weights again returns the existing version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from service.config import Settings
+from service.registry import CONFIG, WEIGHTS, Adapter, Registry, check_servable, sha256_of
+
+from .recipe import GateSpec, Recipe
+from .runs import StepError, finished_adapter
+
+log = logging.getLogger("adapters")
+SERVED_MODEL_NAME = str(Settings.model_fields["model_name"].default)
+
+
+class PublishRefused(StepError):
+    """The adapter may not go into the registry; the message lists every reason."""
+
+
+def gate_failures(gate: GateSpec, figures: dict[str, Any], win: dict[str, Any] | None) -> list[str]:
+    failures = []
+    reduction = figures.get("loss_reduction")
+    if gate.min_loss_reduction and (reduction is None or reduction < gate.min_loss_reduction):
+        failures.append(f"held-out loss reduction {reduction} is below the gate's {gate.min_loss_reduction}")
+    compliance = figures.get("format_compliance")
+    if gate.min_format and (compliance is None or compliance < gate.min_format):
+        failures.append(f"format compliance {compliance} is below the gate's {gate.min_format}")
+    if gate.min_win_rate:
+        rate = None if win is None else win["win_rate"]
+        if rate is None or rate < gate.min_win_rate:
+            failures.append(f"win rate over L2 {rate} is below the gate's {gate.min_win_rate}")
+    return failures
+
+
+def _evaluation(recipe: Recipe, step: str, adapter: Path) -> dict[str, Any]:
+    """The eval report, if it was made on exactly these weights."""
+    folder = recipe.run_dir("eval")
+    if not (folder / "metrics.json").is_file():
+        raise PublishRefused(f"no evaluation for {recipe.department}: run `loragate train eval` first")
+    evaluated = yaml.safe_load((folder / "config.yaml").read_text()).get("options", {})
+    if evaluated.get(step) != sha256_of(adapter / WEIGHTS):
+        raise PublishRefused(
+            f"the evaluation does not cover the current {step} adapter: run `train eval` again"
+        )
+    return dict(json.loads((folder / "metrics.json").read_text()))
+
+
+def registry_for(recipe: Recipe, model_name: str = SERVED_MODEL_NAME) -> Registry:
+    base = recipe.base_model
+    return Registry(recipe.publish.registry, model_name, base_aliases=(str(base), base.name))
+
+
+def publish(recipe: Recipe, level: Literal["L2", "L3"], model_name: str = SERVED_MODEL_NAME) -> Adapter:
+    step = "sft" if level == "L2" else recipe.publish.l3
+    adapter = finished_adapter(recipe, step)
+    check_servable(adapter)  # AdapterRejected names every problem
+    config = json.loads((adapter / CONFIG).read_text())
+    trained_on = Path(str(config.get("base_model_name_or_path", "")))
+    if trained_on.name != recipe.base_model.name:
+        raise PublishRefused(f"{adapter} was trained on {trained_on}, not the recipe's {recipe.base_model}")
+    report = _evaluation(recipe, step, adapter)
+    figures = report["variants"][step]
+    win = report["win_rates"].get(f"{step}_vs_sft", {}).get(report["judge"]) if level == "L3" else None
+    gate = recipe.gate_l2 if level == "L2" else recipe.gate_l3
+    failures = gate_failures(gate, figures, win)
+    if failures:
+        raise PublishRefused(f"{recipe.department} {level} ({step}) fails its gate: " + "; ".join(failures))
+    registry = registry_for(recipe, model_name)
+    digest = sha256_of(adapter / WEIGHTS)
+    for existing in registry.versions(recipe.publish.name):
+        if existing.manifest.sha256 == digest and existing.manifest.level == level:
+            log.info("publish: %s already holds these weights", existing.ref)
+            return _promote(registry, recipe, existing)
+    evaluation = {
+        "held_out_rows": report["held_out_rows"],
+        "base": {k: v for k, v in report["variants"]["base"].items() if k != "per_category"},
+        level: figures,
+        "win_rates": {k: v for k, v in report["win_rates"].items() if k.startswith(f"{step}_vs_")},
+        "judge": report["judge"],
+        "gate": gate.model_dump(),
+    }
+    published = registry.publish(
+        adapter,
+        name=recipe.publish.name,
+        level=level,
+        recipe={"department": recipe.department, "step": step, "config": recipe.as_dict()},
+        evaluation=evaluation,
+    )
+    log.info("publish: %s (sha256 %s...)", published.ref, digest[:12])
+    return _promote(registry, recipe, published)
+
+
+def _promote(registry: Registry, recipe: Recipe, adapter: Adapter) -> Adapter:
+    if recipe.publish.alias:
+        registry.promote(recipe.publish.alias, adapter.ref)
+    return adapter

@@ -1,0 +1,102 @@
+"""`loragate train sft`: the L2 adapter, supervised fine-tuning with LoRA.
+
+    loragate train sft --recipe adapters/recipes/it-helpdesk.yaml [--set sft.epochs=1] [--force]
+
+Each dolly row becomes a prompt (the user turn) and a completion (the answer), rendered by TRL
+through the base model's own chat template (its default system prompt included, as the gateway
+sends it). The loss covers the answer tokens only, and the LM head runs only at those positions:
+on a 135M model with a 49k vocabulary that head is a fifth of the work. Rows of similar length
+are batched together, so there is little padding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import SFTConfig, SFTTrainer
+
+from .data import InstructionRow, to_messages
+from .modeling import (
+    load_causal_lm,
+    load_tokenizer,
+    lora_config,
+    setup_torch,
+    train_and_save,
+    training_args,
+)
+from .recipe import Recipe
+from .runs import Run
+from .splits import instruction_splits
+
+log = logging.getLogger("adapters")
+
+
+def prompt_completion(rows: list[InstructionRow]) -> list[dict[str, Any]]:
+    """TRL's conversational prompt-completion rows: loss on the completion only."""
+    out = []
+    for row in rows:
+        user, assistant = to_messages(row)
+        out.append({"prompt": [user], "completion": [assistant]})
+    return out
+
+
+def completion_loss(model: Any, inputs: dict[str, torch.Tensor], num_items: Any = None) -> torch.Tensor:
+    """Mean cross-entropy over the labelled (answer) tokens, with the LM head only at those positions."""
+    labels = inputs["labels"]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(
+        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False
+    ).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != -100
+    logits = base.lm_head(hidden[:, :-1][mask]).float()
+    total = F.cross_entropy(logits, targets[mask], reduction="sum")
+    count = num_items if num_items is not None else mask.sum()
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+
+
+class CompletionOnlySFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer with `completion_loss` (no full-vocabulary logits at prompt positions)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        loss = completion_loss(model, inputs, num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+
+def build_trainer(recipe: Recipe, run: Run) -> CompletionOnlySFTTrainer:
+    from datasets import Dataset
+
+    train_rows, _ = instruction_splits(recipe)
+    tokenizer = load_tokenizer(recipe.base_model)
+    model = load_causal_lm(recipe.base_model, tokenizer)
+    spec = recipe.sft
+    config = SFTConfig(
+        **training_args(spec, run, recipe.seed),
+        max_length=spec.max_length,
+        completion_only_loss=True,
+        train_sampling_strategy="group_by_length",
+        dataset_num_proc=None,
+    )
+    return CompletionOnlySFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(prompt_completion(train_rows)),
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe.lora),
+    )
+
+
+def run_sft(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
+    run = Run(recipe, "sft")
+    if (cached := run.cached(force)) is not None:
+        return cached
+    run.start(force)
+    setup_torch(recipe)
+    trainer = build_trainer(recipe, run)
+    figures = train_and_save(trainer, run)
+    figures["train_rows"] = len(trainer.train_dataset)
+    log.info("sft: adapter in %s after %.0f s", run.adapter, figures["train_runtime_s"])
+    return run.finish(figures)

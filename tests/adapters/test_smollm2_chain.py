@@ -1,0 +1,130 @@
+"""The whole factory on the real SmolLM2, shortened for CI (slow: ~10 minutes on 2 cores).
+
+Every stage runs on SmolLM2 with fewer steps than the demo recipe (`make adapters` runs it in
+full): SFT, reward model, RLAIF (reward-model judge), a short RLOO, eval, publish (behind the L2
+gate that counts: loss at least 50% below the base), and then the gateway serves the published
+adapter with the embedded engine, token for token as PEFT's own greedy generate (float32).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from adapters.cli import run_chain, run_step
+from adapters.recipe import Recipe, load_recipe
+from service.app import create_app
+from service.engines.base import ChatMessage
+from service.keys import KeyStore
+from service.tenancy import TenantDirectory
+
+from ..conftest import make_settings, wait_ready
+from .conftest import HELPDESK
+
+pytestmark = pytest.mark.slow
+MODEL = "SmolLM2-135M-Instruct"
+CI_OVERRIDES = [
+    "sft.epochs=1",
+    "sft.max_steps=24",
+    "sft.batch_size=4",
+    "reward.max_steps=8",
+    "rlaif.prompts=16",
+    "rlaif.max_new_tokens=96",
+    "rlaif.max_steps=4",
+    "rlaif.batch_size=4",
+    "rl.max_steps=2",
+    "rl.prompts=4",
+    "rl.batch_size=4",
+    "rl.num_generations=2",
+    "rl.max_completion_length=32",
+    "eval.limit=16",
+    "eval.max_new_tokens=96",
+    "gate_l2.min_format=0.5",  # the full recipe asks 0.95; 24 steps are not a full epoch
+    "gate_l3.min_format=0.5",
+    "gate_l3.min_win_rate=0",
+    "publish.alias=it-helpdesk",
+]
+
+
+@pytest.fixture(scope="module")
+def chain(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Recipe:
+    root = tmp_path_factory.mktemp("smollm2-factory")
+    recipe = load_recipe(
+        HELPDESK,
+        [f"base_model={smollm2_dir}", f"runs_dir={root / 'runs'}", f"publish.registry={root / 'registry'}"]
+        + CI_OVERRIDES,
+    )
+    run_chain(recipe)
+    run_step(recipe, "rl")
+    return recipe
+
+
+def report(recipe: Recipe) -> dict[str, Any]:
+    return json.loads((recipe.run_dir("eval") / "report.json").read_text())
+
+
+def test_l2_learns_the_department_format(chain: Recipe) -> None:
+    variants = report(chain)["variants"]
+    assert variants["base"]["format_compliance"] < 0.1
+    assert variants["sft"]["format_compliance"] >= 0.5
+    assert variants["sft"]["loss_reduction"] >= 0.5
+
+
+def test_every_stage_left_its_figures(chain: Recipe) -> None:
+    reward = json.loads((chain.run_dir("reward") / "metrics.json").read_text())
+    assert reward["held_out_accuracy"] > 0.5
+    verdicts = (chain.run_dir("rlaif") / "verdicts.jsonl").read_text().splitlines()
+    assert len(verdicts) == 16
+    rl = json.loads((chain.run_dir("rl") / "metrics.json").read_text())
+    assert rl["global_step"] == 2 and rl["last_reward"] is not None
+    assert "rlaif_vs_sft" in report(chain)["win_rates"]
+
+
+async def test_the_gateway_serves_the_published_adapter_as_peft_does(chain: Recipe, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "tenants.yaml").write_text(
+        "tenants:\n  acme:\n    departments:\n      it: {adapter: it-helpdesk}\n"
+    )
+    settings = make_settings(
+        chain.base_model,
+        model_name=MODEL,
+        tenants_file=tmp_path / "tenants.yaml",
+        keys_file=tmp_path / "keys.json",
+        registry_dir=chain.publish.registry,
+        default_max_tokens=48,
+    )
+    key = KeyStore(settings.keys_file, TenantDirectory(settings.tenants_file, MODEL)).create("acme", "it")[1]
+    question = "Good morning. My VPN keeps disconnecting. I have a meeting in an hour."
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            await wait_ready(client)
+            response = await client.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": MODEL, "messages": [{"role": "user", "content": question}],
+                      "temperature": 0, "max_tokens": 48},
+            )  # fmt: skip
+            assert response.status_code == 200, response.text
+            engine = app.state.loragate.engine
+            ids = torch.tensor([engine.encode([ChatMessage("user", question)])])
+    served = response.json()["choices"][0]["message"]["content"]
+    ref = response.headers["x-loragate-adapter"]
+    name, _, version = ref.partition("@")
+    versions = (chain.publish.registry / "adapters" / name).iterdir()
+    assert ref == f"it-helpdesk@{max(int(p.name) for p in versions)}"  # the alias: the latest (L3)
+    folder = chain.publish.registry / "adapters" / name / version
+    base = AutoModelForCausalLM.from_pretrained(chain.base_model, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, folder).eval()
+    out = model.generate(ids, max_new_tokens=48, do_sample=False)
+    expected = engine._tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert served == expected.strip() or served == expected
+    assert served.startswith("TICKET:")
