@@ -14,7 +14,7 @@ CPU_FLAGS = "--kv-cache-memory-bytes 256M --max-num-seqs 32"  # vLLM on CPU want
 
 
 def tiny_server(model_dir: Path, log_dir: Path) -> VllmServer:
-    """A replica of the tiny test model: float32 (bf16 drifts from transformers' tokens), rank-8 adapters."""
+    """A replica of the tiny test model: float32 (bf16 drifts from transformers' tokens), LoRA r <= 16."""
     port = free_port()
     command = VllmCommand(
         python=str(VLLM_PYTHON),
@@ -22,7 +22,7 @@ def tiny_server(model_dir: Path, log_dir: Path) -> VllmServer:
         served_name=TINY_MODEL,
         port=port,
         dtype="float32",
-        max_lora_rank=8,
+        max_lora_rank=16,  # the factory's recipes train r=16
         max_loras=2,
         max_model_len=1024,
         extra_args=CPU_FLAGS,

@@ -53,7 +53,7 @@ async def _drain(engine: VllmEngine, adapter: str) -> None:
 async def test_an_adapter_vllm_refuses_is_a_clear_error_and_the_replica_serves_on(
     vllm_model_dir, replicas: list[VllmServer], tmp_path
 ) -> None:
-    too_big = make_adapter(vllm_model_dir, tmp_path / "rank16", rank=16)  # the replicas allow rank 8
+    too_big = make_adapter(vllm_model_dir, tmp_path / "rank32", rank=32)  # the replicas allow up to 16
     engine = VllmEngine([replicas[0].url], model_name=TINY_MODEL)
     try:
         await engine.check_replicas()
