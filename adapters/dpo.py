@@ -48,6 +48,8 @@ def preference_trainer(recipe: Recipe, run: Run, spec: PreferenceSpec, pairs: li
     if spec.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
+        if spec.sft_weight:
+            common |= {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, spec.sft_weight]}
         trainer_cls, config, rows = DPOTrainer, DPOConfig(**common), conversational_pairs(pairs)
     elif spec.method == "kto":
         from trl import KTOConfig, KTOTrainer

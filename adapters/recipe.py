@@ -81,6 +81,9 @@ class RewardSpec(TrainSpec):
 class PreferenceSpec(TrainSpec):
     method: Literal["dpo", "kto", "orpo"] = Field("dpo", description="preference loss")
     beta: float = Field(0.1, gt=0, description="strength of the tie to the reference (the L2 adapter)")
+    sft_weight: float = Field(
+        0.0, ge=0, description="DPO only: weight of an NLL term on the chosen answers (RPO); keeps the format"
+    )
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
 
 
