@@ -219,12 +219,10 @@ class VllmEngine:
     async def _relay(self, response: httpx.Response, n: int) -> AsyncIterator[Delta]:
         reader = ChunkReader(n)
         try:
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
+            async for line in response.aiter_lines():  # read to the end: the connection goes back to the pool
+                if line.startswith("data:") and not reader.done:
                     for delta in reader.feed(line[5:].strip()):
                         yield delta
-                    if reader.done:
-                        break
         except httpx.HTTPError as exc:
             raise UpstreamError("The connection to the model server broke while generating.") from exc
         if reader.ended < n:
