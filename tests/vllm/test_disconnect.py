@@ -32,7 +32,7 @@ def test_a_stream_the_client_drops_is_aborted_in_vllm(
     }
     headers = {"Authorization": f"Bearer {acme_key}", "X-Department": department}
     url = f"{vllm_gateway.base_url}/chat/completions"
-    with httpx.stream("POST", url, json=body, headers=headers) as reply:
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as reply:
         assert reply.status_code == 200
         lines = reply.iter_lines()
         for _ in range(4):
