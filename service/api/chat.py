@@ -6,9 +6,11 @@ import asyncio
 import json
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from ..errors import InvalidRequestError, LoragateError
 from ..middleware import request_id_of
@@ -74,9 +76,25 @@ async def create_chat_completion(
     if body.stream:
         events = await state.chat.open_stream(plan, body, metrics)
         headers = {"cache-control": "no-cache", **plan.headers()}
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return EventStream(events, media_type="text/event-stream", headers=headers)
     completion = await until_disconnected(request, state.chat.complete(plan, body, metrics))
     return JSONResponse(completion.model_dump(mode="json"), headers=plan.headers())
+
+
+class EventStream(StreamingResponse):
+    """A streamed response whose generator is closed the moment the response ends, however it ends.
+
+    When a client disconnects while a chunk is being sent, Starlette cancels the send and leaves the
+    generator suspended: its cleanup (aborting the engine's work, closing the upstream request so vLLM
+    stops) would wait for the garbage collector, which let vLLM go on for hundreds of tokens.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 class ClientDisconnected(LoragateError):

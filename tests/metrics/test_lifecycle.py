@@ -125,6 +125,27 @@ async def test_a_stream_abandoned_by_its_client_is_recorded(spec_version: str) -
     assert out.get("loragate_time_to_first_token_seconds_count", **ROUTE) == 1
 
 
+class StuckClient(Client):
+    """A client that leaves while a chunk is being written to it (its socket buffer is full)."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body" and b"Hello" in message.get("body", b""):
+            self.gone.set()
+            await asyncio.Event().wait()  # never drains: only the disconnect ends this send
+
+
+async def test_a_stream_abandoned_during_a_send_aborts_the_engine_before_the_response_returns() -> None:
+    engine = GatedEngine()
+    app = fake_app(engine)
+    body = {"model": engine.model_name, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with app.router.lifespan_context(app):
+        client = StuckClient(body, "2.3", engine)
+        await asyncio.wait_for(app(client.scope(), client.receive, client.send), timeout=10)
+        # No await since: the generator was closed by the response, not left to the garbage collector
+        assert engine.aborted == 1 and not engine.gate.is_set()
+
+
 def test_only_the_chat_path_is_wrapped() -> None:
     app = fake_app(GatedEngine())
     wrapped = [m for m in app.user_middleware if m.cls is MetricsMiddleware]
