@@ -26,6 +26,7 @@ from ..errors import EngineUnavailableError
 class Replica:
     url: str  # base URL, without /v1
     up: bool = False
+    missed_checks: int = 0  # health checks in a row that got no answer in time
     inflight: int = 0
     picks: int = 0  # breaks ties between equally busy replicas, round-robin
     base_model: str | None = None  # the name vLLM serves the base model under

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
 _GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
+MISSES_TO_DOWN = 3  # health checks in a row without an answer in time before a replica is taken out
 
 
 class VllmEngine:
@@ -92,10 +93,22 @@ class VllmEngine:
             await asyncio.sleep(self._health_interval)
 
     async def _check(self, replica: Replica) -> None:
+        """Refused connections take a replica out at once; slow answers only ``MISSES_TO_DOWN`` in a row.
+
+        A busy vLLM can take seconds to answer /health on a loaded host; one late answer must not
+        take it out of service (and make the gateway forget what it holds).
+        """
         try:
             alive = (await self._http.get(f"{replica.url}/health", timeout=2.0)).status_code == 200
             if alive and not replica.up:
                 await self._sync(replica)
+            replica.missed_checks = 0
+        except httpx.TimeoutException as exc:
+            replica.missed_checks += 1
+            log.debug(
+                "replica %s: no answer in time (%d in a row): %s", replica.name, replica.missed_checks, exc
+            )
+            alive = replica.up and replica.missed_checks < MISSES_TO_DOWN
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             log.debug("replica %s: %s", replica.name, exc)
             alive = False

@@ -55,6 +55,7 @@ class FakeVllm:
     base: str = "base-model"
     reply: str = "Hello from vLLM"
     alive: bool = True
+    slow_health: bool = False  # /health times out, as on a host too busy to answer in time
     refuse_load: int | None = None  # status for /v1/load_lora_adapter
     chat_status: int = 200
     chat_error: str = "bad request"
@@ -79,6 +80,8 @@ class FakeVllm:
         body = json.loads(request.content) if request.content else None
         self.calls.append((path, body))
         if path == "/health":
+            if self.slow_health:
+                raise httpx.ReadTimeout("timed out", request=request)
             return httpx.Response(200)
         if path == "/metrics":
             return httpx.Response(200, text=f'vllm:num_requests_running{{engine="0"}} {self.running}.0\n')

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.engines.base import ChatMessage, Delta, EngineEvents, GenerationRequest, SamplingParams
-from service.engines.vllm import VllmEngine
+from service.engines.vllm import MISSES_TO_DOWN, VllmEngine
 from service.engines.vllm_wire import AdapterLoadError, UpstreamError
 from service.errors import ContextLengthError, EngineUnavailableError, InvalidRequestError, ModelNotFoundError
 from tests.engines.fake_vllm import Cluster
@@ -228,6 +228,28 @@ async def test_health_checks_take_a_replica_out_and_bring_it_back(adapter_dirs: 
     assert [r.up for r in engine.router.replicas] == [True, True]
     assert list(engine.router.replicas[1].adapters) == ["legal@1"]
     assert events(engine).health[-2:] == [("10.0.0.2:8000", False), ("10.0.0.2:8000", True)]
+
+
+async def test_a_replica_too_busy_to_answer_health_checks_stays_in_until_it_misses_three(
+    adapter_dirs: dict[str, Path],
+) -> None:
+    cluster = Cluster(2)
+    engine = await engine_on(cluster, adapter_dirs)
+    await collect(engine.stream(request(adapter="legal@1")))
+    holder = next(r for r in engine.router.replicas if r.holds("legal@1"))
+    cluster.replicas[holder.url].slow_health = True
+    for _ in range(MISSES_TO_DOWN - 1):
+        await engine.check_replicas()
+    assert holder.up and holder.holds("legal@1"), "a late answer or two is not a dead replica"
+    cluster.replicas[holder.url].slow_health = False
+    await engine.check_replicas()  # an answer resets the count
+    cluster.replicas[holder.url].slow_health = True
+    for _ in range(MISSES_TO_DOWN - 1):
+        await engine.check_replicas()
+    assert holder.up
+    await engine.check_replicas()
+    assert not holder.up
+    assert [e for e in events(engine).health if not e[1]] == [(holder.name, False)]
 
 
 async def test_a_break_mid_stream_raises_after_the_text_already_sent() -> None:
