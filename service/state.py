@@ -26,7 +26,7 @@ class AppState:
     created: int  # when this server started, for /v1/models
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.loragate
     return state
 
@@ -34,7 +34,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def authenticate(request: Request, state: StateDep) -> Principal:
+async def authenticate(request: Request, state: StateDep) -> Principal:
     """Bearer key -> tenant (and pinned department); keys are compared as hashes, in constant time."""
     return state.tenancy.authenticate(request.headers.get("authorization"))
 
@@ -42,7 +42,7 @@ def authenticate(request: Request, state: StateDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
-def request_metrics(request: Request) -> RequestMetrics:
+async def request_metrics(request: Request) -> RequestMetrics:
     """This chat request's metrics recorder (``MetricsMiddleware`` made it)."""
     return recorder_of(request.scope)
 
