@@ -101,19 +101,25 @@ class ChatService:
             )  # object passed explicitly: exclude_unset would drop a default
             return event(payload.model_dump(mode="json", exclude_unset=True) | usage_field)
 
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = finished = 0
+        # Events known together leave in one write (each is a syscall and a wake-up of the client):
+        # the role chunks with the first text, a finish with its text, the last finish with the
+        # usage and [DONE].
+        out = "".join(chunk(index, {"role": "assistant", "content": ""}) for index in range(n))
         try:
             async with aclosing(deltas):  # closing it aborts the engine's work
-                for index in range(n):
-                    yield chunk(index, {"role": "assistant", "content": ""})
                 pending: Delta | None = first
                 while pending is not None:
                     if pending.text:
-                        yield chunk(pending.index, {"content": pending.text})
+                        out += chunk(pending.index, {"content": pending.text})
                     if pending.finish_reason is not None:
                         prompt_tokens = pending.prompt_tokens
                         completion_tokens += pending.completion_tokens
-                        yield chunk(pending.index, {}, pending.finish_reason)
+                        finished += 1
+                        out += chunk(pending.index, {}, pending.finish_reason)
+                    if out and finished < n:  # after the last finish only the stream's end is left
+                        yield out
+                        out = ""
                     pending = await anext(deltas, None)
                     if pending is not None:
                         metrics.delta(pending)
@@ -123,18 +129,18 @@ class ChatService:
                     completion_tokens=completion_tokens,
                     total_tokens=prompt_tokens + completion_tokens,
                 )
-                yield event(
+                out += event(
                     ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[], usage=usage)
                 )
         except LoragateError as exc:
             metrics.fail(exc.error_type)
-            yield event(exc.envelope())
+            out += event(exc.envelope())
         except Exception:
             log.exception("stream failed")
             failure = LoragateError("The server failed while streaming this response.")
             metrics.fail(failure.error_type)
-            yield event(failure.envelope())
-        yield DONE
+            out += event(failure.envelope())
+        yield out + DONE
 
 
 async def _without_reasoning(deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
