@@ -8,6 +8,7 @@ Each app has its own metrics registry, served at ``/metrics``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -142,6 +143,7 @@ def create_app(
             created=int(time.time()),
         )
         await engine.start()
+        gc.freeze()  # what start-up built lives as long as the server: the collector need not rescan it
         try:
             yield
         finally:
