@@ -24,7 +24,7 @@ from service.registry import WEIGHTS, sha256_of
 
 from .data import InstructionRow, prompt_text
 from .generation import generate, response_loss
-from .judges import Judge, format_check, make_judge
+from .judges import FormatFirst, Judge, format_check, make_judge
 from .metrics import rouge_l, win_rate
 from .modeling import load_causal_lm, load_tokenizer, setup_torch
 from .recipe import Recipe
@@ -79,12 +79,16 @@ def score_answers(recipe: Recipe, rows: list[InstructionRow], answers: list[str]
 
 
 def judges_for(recipe: Recipe, tokenizer: Any) -> dict[str, Judge]:
-    kinds = [recipe.judge.kind]
-    if recipe.judge.kind != "reward" and (recipe.run_dir("reward") / "metrics.json").is_file():
-        kinds.append("reward")
-    if recipe.judge.kind != "rule" and format_check(recipe) is not None:
-        kinds.append("rule")
-    return {kind: make_judge(recipe, tokenizer, kind=kind) for kind in kinds}
+    """The recipe's judge first (its win rate is the gate's), then the reward model and the format check."""
+    main = make_judge(recipe, tokenizer)
+    judges: dict[str, Judge] = {main.name: main}
+    if isinstance(main, FormatFirst):
+        judges[main.judge.name] = main.judge
+    if "reward" not in judges and (recipe.run_dir("reward") / "metrics.json").is_file():
+        judges["reward"] = make_judge(recipe, tokenizer, kind="reward")
+    if "rule" not in judges and format_check(recipe) is not None:
+        judges["rule"] = make_judge(recipe, tokenizer, kind="rule")
+    return judges
 
 
 def run_eval(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
@@ -124,7 +128,8 @@ def run_eval(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         log.info("eval: %s %s", name, {k: v for k, v in results[name].items() if k != "per_category"})
     pairs = [("sft", "base"), *((step, "sft") for step in adapters if step != "sft")]
     wins: dict[str, dict[str, Any]] = {}
-    for kind, judge in judges_for(recipe, tokenizer).items():
+    judges = judges_for(recipe, tokenizer)
+    for kind, judge in judges.items():
         for a, b in pairs:
             verdicts = judge.compare(prompts, answers[a], answers[b])
             wins.setdefault(f"{a}_vs_{b}", {})[kind] = win_rate([v.preference for v in verdicts])
@@ -135,7 +140,7 @@ def run_eval(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
     report = {
         "department": recipe.department,
         "held_out_rows": len(rows),
-        "judge": recipe.judge.kind,
+        "judge": next(iter(judges)),  # the recipe's: the L3 gate's win rate is this judge's
         "variants": results,
         "win_rates": wins,
         "adapters": {name: str(path) for name, path in adapters.items()},

@@ -5,6 +5,10 @@
              orders and averaged, so that a preference for the first position cancels out
     rule     the department's format check: an answer that passes beats one that fails
 
+With `judge.format_first` (the default) and a format check, the department's format comes first:
+an answer in format beats one that is not, whatever the reward model or LLM says (a reward model
+trained on a few hundred pairs sometimes prefers a fluent answer that breaks the format).
+
 `compare` returns one `Verdict` per prompt: `preference` is 1.0 when answer A wins, 0.0 when B
 wins and 0.5 for a tie. RLAIF trains on the verdicts; eval turns them into win rates.
 """
@@ -134,6 +138,22 @@ class LlmJudge:
         return verdicts
 
 
+class FormatFirst:
+    """The department's format check decides where it tells two answers apart; `judge` elsewhere."""
+
+    def __init__(self, judge: Judge, check: Callable[[str], bool]):
+        self.judge, self.check = judge, check
+        self.name = f"{judge.name}+format"
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]:
+        verdicts = []
+        for verdict, x, y in zip(self.judge.compare(prompts, a, b), a, b, strict=True):
+            fa, fb = float(self.check(x)), float(self.check(y))
+            preference = verdict.preference if fa == fb else fa
+            verdicts.append(Verdict(preference, verdict.detail | {"format_a": fa, "format_b": fb}))
+        return verdicts
+
+
 def format_check(recipe: Recipe) -> Callable[[str], bool] | None:
     """The recipe's format check: a named one from FORMAT_CHECKS, or its own regular expression."""
     name, regex = recipe.data.format_check, recipe.data.format_regex
@@ -153,8 +173,16 @@ def judge_inputs(recipe: Recipe) -> tuple[str, ...]:
 
 
 def make_judge(recipe: Recipe, tokenizer: Any, base_model: Any = None, kind: str | None = None) -> Judge:
-    """The judge the recipe names (or `kind`); `base_model` is reused by the LLM judge if given."""
-    kind = kind or recipe.judge.kind
+    """The judge the recipe names (or `kind`, as it is), format first if the recipe says so."""
+    judge = _model_judge(recipe, tokenizer, base_model, kind or recipe.judge.kind)
+    check = format_check(recipe)
+    if kind is None and recipe.judge.format_first and check is not None and judge.name != "rule":
+        return FormatFirst(judge, check)
+    return judge
+
+
+def _model_judge(recipe: Recipe, tokenizer: Any, base_model: Any, kind: str) -> Judge:
+    """`base_model` is reused by the LLM judge if given."""
     if kind == "rule":
         check = format_check(recipe)
         if check is None:

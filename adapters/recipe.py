@@ -106,6 +106,11 @@ class JudgeSpec(_Strict):
         "A good answer follows the department's required format exactly and answers the request.",
         description="what the LLM judge is told makes an answer better",
     )
+    format_first: bool = Field(
+        True,
+        description="with a format check: an answer in the department's format beats one that is not, "
+        "whatever the reward or LLM judge says; the judge decides between two of the same standing",
+    )
 
 
 class RlaifSpec(PreferenceSpec):

@@ -55,7 +55,7 @@ def run_rl(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
     setup_torch(recipe)
     spec = recipe.rl
     tokenizer = load_tokenizer(recipe.base_model)
-    judge = make_judge(recipe, tokenizer)
+    judge = make_judge(recipe, tokenizer, kind=recipe.judge.kind)  # a score per answer, not pairwise
     assert isinstance(judge, RewardJudge | RuleJudge)
     model = load_trainable_adapter(recipe.base_model, finished_adapter(recipe, "sft"), tokenizer)
     prompts = [{"prompt": [{"role": "user", "content": p}]} for p in sample_prompts(recipe)[: spec.prompts]]

@@ -4,8 +4,9 @@
 
 1. Sample two answers per training prompt from the L2 adapter (temperature `rlaif.temperature`).
 2. The recipe's judge (`judge.kind`: reward model, base model with a rubric, or format check)
-   picks the better one; ties, and pairs whose scores differ by less than `rlaif.min_margin`,
-   are dropped. Every verdict is kept in the run folder (`verdicts.jsonl`).
+   picks the better one (format first: see `judges`); ties, and pairs that the format did not
+   decide and whose scores differ by less than `rlaif.min_margin`, are dropped. Every verdict
+   is kept in the run folder (`verdicts.jsonl`).
 3. DPO (or `rlaif.method`) on the judged pairs, continuing the L2 adapter as `train dpo` does.
 
 The samples and verdicts are written before training, so a resumed run reuses them.
@@ -55,13 +56,18 @@ def sample_pairs(recipe: Recipe, prompts: list[str]) -> tuple[list[str], list[st
 def judge_samples(recipe: Recipe, prompts: list[str], first: list[str], second: list[str]) -> list[dict]:
     """One record per prompt: both answers, the judge's verdict, and whether the pair is kept."""
     tokenizer = load_tokenizer(recipe.base_model)
-    verdicts: list[Verdict] = make_judge(recipe, tokenizer).compare(prompts, first, second)
+    judge = make_judge(recipe, tokenizer)
+    verdicts: list[Verdict] = judge.compare(prompts, first, second)
     records = []
     for prompt, a, b, verdict in zip(prompts, first, second, verdicts, strict=True):
         scores = verdict.detail
         margin = abs(scores["score_a"] - scores["score_b"]) if "score_a" in scores else None
-        kept = verdict.preference != 0.5 and (margin is None or margin >= recipe.rlaif.min_margin)
-        records.append({"prompt": prompt, "answer_a": a, "answer_b": b, "kept": kept, **verdict.to_json()})
+        by_format = scores.get("format_a", 0.0) != scores.get("format_b", 0.0)
+        kept = verdict.preference != 0.5 and (
+            by_format or margin is None or margin >= recipe.rlaif.min_margin
+        )
+        record = {"prompt": prompt, "answer_a": a, "answer_b": b, "judge": judge.name, "kept": kept}
+        records.append(record | verdict.to_json())
     return records
 
 
@@ -95,6 +101,7 @@ def run_rlaif(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
             f"rlaif: the {recipe.judge.kind} judge preferred no answer over another; nothing to train"
         )
     figures = train_preferences(recipe, run, recipe.rlaif, pairs)
-    figures.update({"judge": recipe.judge.kind, "sampled_prompts": len(records), "judged_pairs": len(pairs)})
+    judge = records[0].get("judge", recipe.judge.kind)
+    figures.update({"judge": judge, "sampled_prompts": len(records), "judged_pairs": len(pairs)})
     log.info("rlaif: %d of %d pairs kept; adapter in %s", len(pairs), len(records), run.adapter)
     return run.finish(figures)

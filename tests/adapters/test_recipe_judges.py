@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 from adapters.data import check_ticket
-from adapters.judges import LlmJudge, RuleJudge, format_check
+from adapters.judges import FormatFirst, LlmJudge, RuleJudge, Verdict, format_check, make_judge
 from adapters.metrics import lcs_length, rouge_l, win_rate
 from adapters.modeling import load_causal_lm, load_tokenizer
 from adapters.recipe import RecipeError, apply_overrides, field_help, load_recipe
+from adapters.reward import run_reward
+from adapters.rlaif import judge_samples
 from adapters.splits import instruction_splits
 
-from .conftest import HELPDESK, ROOT
+from .conftest import HELPDESK, ROOT, tiny_recipe
 
 TICKET = "TICKET: vpn\nPRIORITY: low\nSTEPS:\n1. Restart the VPN client.\nESCALATE: no"
 
@@ -87,6 +89,44 @@ def test_rule_judge_prefers_the_formatted_answer_and_ties_otherwise() -> None:
         ["q"] * 3, [TICKET, "prose", TICKET], ["prose", TICKET, TICKET]
     )
     assert [v.preference for v in verdicts] == [1.0, 0.0, 0.5]
+
+
+class PrefersB:
+    """A model judge that always likes the second answer a little better."""
+
+    name = "reward"
+
+    def compare(self, prompts: list[str], a: list[str], b: list[str]) -> list[Verdict]:
+        return [Verdict(0.0, {"score_a": 1.0, "score_b": 1.2}) for _ in prompts]
+
+
+def test_format_first_overrules_the_model_judge_only_where_the_format_differs() -> None:
+    judge = FormatFirst(PrefersB(), check_ticket)
+    assert judge.name == "reward+format"
+    verdicts = judge.compare(["q"] * 3, [TICKET, "prose", TICKET], ["prose", TICKET, TICKET])
+    assert [v.preference for v in verdicts] == [1.0, 0.0, 0.0]  # format, format, then the model
+    assert verdicts[0].detail == {"score_a": 1.0, "score_b": 1.2, "format_a": 1.0, "format_b": 0.0}
+
+
+def test_the_recipe_judge_is_format_first_unless_switched_off(tiny_model_dir: Path, chain_dir: Path) -> None:
+    recipe = tiny_recipe(tiny_model_dir, chain_dir)
+    run_reward(recipe)
+    tokenizer = load_tokenizer(recipe.base_model)
+    assert make_judge(recipe, tokenizer).name == "reward+format"
+    assert make_judge(recipe, tokenizer, kind="reward").name == "reward"
+    plain = tiny_recipe(tiny_model_dir, chain_dir, "judge.format_first=false")
+    assert make_judge(plain, tokenizer).name == "reward"
+    assert make_judge(tiny_recipe(tiny_model_dir, chain_dir, "judge.kind=rule"), tokenizer).name == "rule"
+
+
+def test_rlaif_keeps_pairs_the_format_decided_whatever_their_score_margin(
+    tiny_model_dir: Path, chain_dir: Path
+) -> None:
+    run_reward(tiny_recipe(tiny_model_dir, chain_dir))
+    strict = tiny_recipe(tiny_model_dir, chain_dir, "rlaif.min_margin=100")
+    records = judge_samples(strict, ["q1", "q2"], [TICKET, TICKET], ["prose", TICKET])
+    assert [r["kept"] for r in records] == [True, False]  # the second: same format, tiny margin
+    assert records[0]["judge"] == "reward+format" and records[0]["preference"] == 1.0
 
 
 def test_llm_judge_is_symmetric_in_the_answers_order(tiny_model_dir: Path) -> None:
