@@ -40,7 +40,13 @@ def smollm2_dir() -> Path:
 
 
 def write_tiny_llama(
-    path: Path, tokenizer_dir: Path, *, heads: int = 4, kv_heads: int = 2, std: float = 0.02
+    path: Path,
+    tokenizer_dir: Path,
+    *,
+    heads: int = 4,
+    kv_heads: int = 2,
+    std: float = 0.02,
+    positions: int = 1024,
 ) -> Path:
     """A 2-layer random Llama (hidden 64, float32) with SmolLM2's tokenizer and chat template."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -53,7 +59,7 @@ def write_tiny_llama(
         num_hidden_layers=2,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=1024,
+        max_position_embeddings=positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -89,7 +89,7 @@ def test_max_tokens_gives_length(openai_client: openai.OpenAI) -> None:
 ERRORS: list[Any] = [
     pytest.param({"temperature": 9}, {}, openai.BadRequestError, 400, id="bad-param"),
     pytest.param({"n": 99}, {}, openai.BadRequestError, 400, id="n-over-max"),
-    pytest.param({"max_tokens": 5000}, {}, openai.BadRequestError, 400, id="context-length"),
+    pytest.param({"max_tokens": 100_000}, {}, openai.BadRequestError, 400, id="context-length"),
     pytest.param({}, {"api_key": "sk-wrong"}, openai.AuthenticationError, 401, id="wrong-key"),
     pytest.param({"model": "gpt-4o"}, {}, openai.NotFoundError, 404, id="unknown-model"),
     pytest.param(

@@ -14,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from tests.conftest import TINY_MODEL, LiveServer, write_tiny_llama
-from tests.vllm.servers import VLLM_PYTHON, VllmServer, tiny_server
+from tests.vllm.servers import MAX_MODEL_LEN, VLLM_PYTHON, VllmServer, tiny_server
 from tests.worlds import Deployment, build_deployment
 
 TENANTS = """
@@ -42,9 +42,10 @@ def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) 
     """A 2-layer random Llama, float32, weights drawn wide (std 0.3) so adapters change the tokens.
 
     Head size 32: vLLM's CPU attention has no kernel for 16 (the other tiny models' size).
+    8192 positions: room for a request long enough to be still running when a test cuts it.
     """
     path = tmp_path_factory.mktemp("vllm-tiny-llama")
-    return write_tiny_llama(path, smollm2_dir, heads=2, kv_heads=1, std=0.3)
+    return write_tiny_llama(path, smollm2_dir, heads=2, kv_heads=1, std=0.3, positions=MAX_MODEL_LEN)
 
 
 @pytest.fixture(scope="session")

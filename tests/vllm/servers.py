@@ -8,8 +8,9 @@ from loadtests.vllm_server import VLLM_PYTHON, VllmServer
 from service.engines.vllm_spawn import VllmCommand
 from tests.conftest import TINY_MODEL, free_port
 
-__all__ = ["CPU_FLAGS", "VLLM_PYTHON", "VllmServer", "tiny_server"]
+__all__ = ["CPU_FLAGS", "MAX_MODEL_LEN", "VLLM_PYTHON", "VllmServer", "tiny_server"]
 
+MAX_MODEL_LEN = 8192  # the tiny model's KV cache is 512 bytes a token: 4 MB for a full context
 CPU_FLAGS = "--kv-cache-memory-bytes 256M --max-num-seqs 32"  # vLLM on CPU wants a KV size; keep it small
 
 
@@ -24,7 +25,7 @@ def tiny_server(model_dir: Path, log_dir: Path) -> VllmServer:
         dtype="float32",
         max_lora_rank=16,  # the factory's recipes train r=16
         max_loras=2,
-        max_model_len=1024,
+        max_model_len=MAX_MODEL_LEN,
         extra_args=CPU_FLAGS,
     )
     return VllmServer(command, log_dir / f"vllm-{port}.log")
