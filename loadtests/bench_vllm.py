@@ -11,8 +11,9 @@ Load: ``--concurrency`` clients stream chat completions of exactly ``--new-token
 - to vLLM directly (``model`` = the adapter's name in vLLM, the same messages),
 
 in alternating rounds after a warm-up of each, so that both see the same machine; then a
-paired probe (one-token requests, one at a time, gateway then direct) isolates what the
-gateway adds to each request from the noise of a loaded machine. Then
+paired probe (one-token requests, one at a time, gateway and direct in turn) isolates what
+the gateway adds to each request from the noise of a loaded machine, and reads the gateway
+process's CPU time per request from /proc. Then
 the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
 tokens/s over each round, per-request latency (start to last byte) and time to first token.
 """
@@ -124,17 +125,34 @@ async def run_round(target: Target, requests: int, concurrency: int, new_tokens:
     return result
 
 
-async def paired_probe(via: Target, direct: Target, pairs: int, bar: tqdm) -> list[float]:
-    """Added latency without load noise: one-token requests, gateway and direct in turn, one at a time."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Probe:
+    added: list[float]  # seconds the gateway added, pair by pair
+    gateway_cpu_ms: float  # the gateway process's CPU time per request it served
+
+
+async def paired_probe(via: Target, direct: Target, pairs: int, gateway_pid: int, bar: tqdm) -> Probe:
+    """Added latency without load noise: one-token requests, gateway and direct in turn, one at a time.
+
+    The order alternates, so neither side always comes second (warm caches, a woken vLLM).
+    """
     added = []
+    cpu_before = cpu_seconds(gateway_pid)
     async with httpx.AsyncClient(timeout=60) as client:
         for i in range(pairs):
             department, prompt = DEPARTMENTS[i % 3], PROMPTS[i % len(PROMPTS)]
-            gateway_latency = (await one(client, via, department, prompt, 1))[0]
-            direct_latency = (await one(client, direct, department, prompt, 1))[0]
-            added.append(gateway_latency - direct_latency)
+            latency = {}
+            for target in (via, direct) if i % 2 == 0 else (direct, via):
+                latency[target.name] = (await one(client, target, department, prompt, 1))[0]
+            added.append(latency[via.name] - latency[direct.name])
             bar.update(1)
-    return added
+    return Probe(added, 1000 * (cpu_seconds(gateway_pid) - cpu_before) / pairs)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -248,11 +266,11 @@ def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
                 for target in (via, direct):
                     rounds[target.name] += rounds_of(target, args, 1, bar)
         with tqdm(total=args.probe_pairs, desc="paired probe", unit="pair") as bar:
-            added = asyncio.run(paired_probe(via, direct, args.probe_pairs, bar))
+            probe = asyncio.run(paired_probe(via, direct, args.probe_pairs, gateway.pid, bar))
     finally:
         stop(gateway)
         vllm.stop()
-    return rounds, added, via
+    return rounds, probe, via
 
 
 def bench_embedded(args: argparse.Namespace, root: Path, model_dir: Path, via: Target) -> list[Round]:
@@ -273,23 +291,26 @@ def main(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="loragate-bench-"))
     key = build_world(root, model_dir)
     print(f"{machine()}\nstarting vLLM (30-70 s) and the gateway; logs in {root}")
-    rounds, added, via = bench_vllm(args, root, model_dir, key)
-    rounds[EMBEDDED] = bench_embedded(args, root, model_dir, via)
-    summary = {name: summarise(rs) for name, rs in rounds.items()}
-    print_table(summary)
-    probe = {
-        "pairs": len(added),
-        "p50_ms": 1000 * percentile(added, 50),
-        "p99_ms": 1000 * percentile(added, 99),
+    rounds, probe, via = bench_vllm(args, root, model_dir, key)
+    figures = {
+        "pairs": len(probe.added),
+        "p50_ms": 1000 * percentile(probe.added, 50),
+        "p99_ms": 1000 * percentile(probe.added, 99),
+        "gateway_cpu_ms_per_request": probe.gateway_cpu_ms,
     }
     print(
-        f"paired probe, one-token requests one at a time: the gateway adds p50 {probe['p50_ms']:.2f} ms, "
-        f"p99 {probe['p99_ms']:.2f} ms ({len(added)} pairs)"
+        f"paired probe, one-token requests one at a time: the gateway adds p50 {figures['p50_ms']:.2f} ms, "
+        f"p99 {figures['p99_ms']:.2f} ms ({len(probe.added)} pairs; target p50 < 2 ms); "
+        f"gateway CPU {probe.gateway_cpu_ms:.2f} ms per request"
     )
+    if args.embedded_rounds:
+        rounds[EMBEDDED] = bench_embedded(args, root, model_dir, via)
+    summary = {name: summarise(rs) for name, rs in rounds.items()}
+    print_table(summary)
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     rows = {n: [asdict(r) for r in rs] for n, rs in rounds.items()}
-    report = {"machine": machine(), "args": vars(args), "summary": summary, "probe": probe, "rounds": rows}
+    report = {"machine": machine(), "args": vars(args), "summary": summary, "probe": figures, "rounds": rows}
     (out / "vllm.json").write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {out / 'vllm.json'}")
 
@@ -302,7 +323,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=32, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds of each vLLM target")
-    parser.add_argument("--embedded-rounds", type=int, default=1)
+    parser.add_argument("--embedded-rounds", type=int, default=1, help="0: skip the embedded engine")
     parser.add_argument("--probe-pairs", type=int, default=60, help="one-token requests, gateway then direct")
     parser.add_argument("--vllm-port", type=int, default=8011)
     parser.add_argument("--gateway-port", type=int, default=8012)
