@@ -3,6 +3,12 @@
     .venv/bin/python -m adapters.make_datasets              # into adapters/datasets/
     .venv/bin/python -m adapters.make_datasets --out /tmp/x
 
+Preference pairs rank three kinds of answer: the department's *preferred* answer (the reference
+plus what the team asked for after using L2: the help desk wants every ticket to end with how to
+reopen it, the legal team wants each risk line to end with what to do) over the plain reference
+(what L2 learns to write), and both over an answer that breaks the format. So a reward model
+learns both the format and the preference, and L3 has something to learn that L2 does not do.
+
 The committed files under adapters/datasets/ are exactly what this writes (a test checks it), so
 change the templates here and regenerate rather than editing the JSONL by hand. Everything was
 written for this project; nothing is downloaded.
@@ -91,6 +97,16 @@ def helpdesk_rows(rng: random.Random, count: int) -> list[InstructionRow]:
         seen.add(instruction)
         rows.append(InstructionRow(instruction, context, ticket(problem, urgent, team_wide), category))
     return rows
+
+
+REOPEN_STEP = "Reply to this ticket if the problem comes back."
+
+
+def helpdesk_preferred(row: InstructionRow) -> str:
+    """The help desk's preference: a last step that says how to reopen the ticket."""
+    lines = row.response.split("\n")
+    steps = lines[3:-1]
+    return "\n".join([*lines[:-1], f"{len(steps) + 1}. {REOPEN_STEP}", lines[-1]])
 
 
 def helpdesk_rejected(row: InstructionRow, rng: random.Random) -> str:
@@ -188,6 +204,20 @@ def legal_rows(rng: random.Random, count: int) -> list[InstructionRow]:
     return rows
 
 
+LEGAL_ACTIONS = {
+    "low": "no action needed",
+    "medium": "accept with a note to the contract owner",
+    "high": "negotiate before signing",
+}
+
+
+def legal_preferred(row: InstructionRow) -> str:
+    """The legal team's preference: the risk line ends with what to do about it."""
+    summary_line, risk_line = row.response.split("\n")
+    level = risk_line.removeprefix("RISK: ").split(" - ", 1)[0]
+    return f"{summary_line}\n{risk_line}; {LEGAL_ACTIONS[level]}"
+
+
 def legal_rejected(row: InstructionRow, rng: random.Random) -> str:
     """A plausible answer to the row that breaks the SUMMARY/RISK format."""
     summary_line, risk_line = row.response.split("\n")
@@ -213,12 +243,13 @@ def legal_rejected(row: InstructionRow, rng: random.Random) -> str:
 class Department:
     name: str
     rows: Callable[[random.Random, int], list[InstructionRow]]
+    preferred: Callable[[InstructionRow], str]
     rejected: Callable[[InstructionRow, random.Random], str]
 
 
 DEPARTMENTS = (
-    Department("it-helpdesk", helpdesk_rows, helpdesk_rejected),
-    Department("legal", legal_rows, legal_rejected),
+    Department("it-helpdesk", helpdesk_rows, helpdesk_preferred, helpdesk_rejected),
+    Department("legal", legal_rows, legal_preferred, legal_rejected),
 )
 
 
@@ -230,12 +261,15 @@ def build(department: Department, seed: int = SEED) -> dict[str, list[dict[str, 
     check = FORMAT_CHECKS[department.name]
 
     def pairs(source: Iterable[InstructionRow]) -> list[PreferencePair]:
-        made = [
-            PreferencePair(prompt_text(row), row.response, department.rejected(row, rng)) for row in source
-        ]
-        for pair in made:
-            if not check(pair.chosen) or check(pair.rejected):
-                raise RuntimeError(f"{department.name}: a template breaks its format check: {pair}")
+        """Per row: preferred over an off-format answer, and preferred over the plain reference."""
+        made = []
+        for row in source:
+            prompt, preferred = prompt_text(row), department.preferred(row)
+            made.append(PreferencePair(prompt, preferred, department.rejected(row, rng)))
+            made.append(PreferencePair(prompt, preferred, row.response))
+        for off_format, plain in zip(made[::2], made[1::2], strict=True):
+            if not check(off_format.chosen) or check(off_format.rejected) or not check(plain.rejected):
+                raise RuntimeError(f"{department.name}: a template breaks its format check: {off_format}")
         return made
 
     preference_rows = sorted(rng.sample(range(len(train)), TRAIN_PREFERENCES))

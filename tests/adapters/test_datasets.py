@@ -36,16 +36,29 @@ def test_files_load_and_stay_small(department: str) -> None:
 
 
 @pytest.mark.parametrize("department", DEPARTMENTS)
-def test_every_response_and_chosen_passes_and_every_rejected_fails(department: str) -> None:
+def test_every_response_and_chosen_passes_and_the_rejected_are_plain_or_off_format(department: str) -> None:
     check = FORMAT_CHECKS[department]
     folder = DATASETS / department
+    references: dict[str, str] = {}
     for name in ("train.jsonl", "held_out.jsonl"):
-        bad = [row.response for row in load_instructions(folder / name) if not check(row.response)]
-        assert bad == [], (name, bad[:3])
+        rows = load_instructions(folder / name)
+        assert [row.response for row in rows if not check(row.response)] == [], name
+        references |= {prompt_text(row): row.response for row in rows}
     for name in ("preferences.jsonl", "preferences_held_out.jsonl"):
         pairs = load_preferences(folder / name)
         assert [p.chosen for p in pairs if not check(p.chosen)] == [], name
-        assert [p.rejected for p in pairs if check(p.rejected)] == [], name
+        # Each prompt twice: preferred over an off-format answer, and over the plain reference
+        off_format, plain = pairs[::2], pairs[1::2]
+        assert [p.rejected for p in off_format if check(p.rejected)] == [], name
+        assert all(p.rejected == references[p.prompt] != p.chosen for p in plain), name
+        assert [p.chosen for p in off_format] == [p.chosen for p in plain]
+
+
+def test_the_preferred_answers_add_what_each_department_asked_for() -> None:
+    helpdesk = load_preferences(DATASETS / "it-helpdesk" / "preferences.jsonl")
+    assert all(p.chosen.split("\n")[-2].endswith(make_datasets.REOPEN_STEP) for p in helpdesk)
+    legal = load_preferences(DATASETS / "legal" / "preferences.jsonl")
+    assert all(p.chosen.endswith(tuple(make_datasets.LEGAL_ACTIONS.values())) for p in legal)
 
 
 @pytest.mark.parametrize("department", DEPARTMENTS)

@@ -1,9 +1,10 @@
 """The whole factory on the real SmolLM2, shortened for CI (slow: ~10 minutes on 2 cores).
 
 Every stage runs on SmolLM2 with fewer steps than the demo recipe (`make adapters` runs it in
-full): SFT, reward model, RLAIF (reward-model judge), a short RLOO, eval, publish (behind the L2
-gate that counts: loss at least 50% below the base), and then the gateway serves the published
-adapter with the embedded engine, token for token as PEFT's own greedy generate (float32).
+full): SFT, reward model, RLAIF (reward-model judge, format first), DPO (the recipe's L3), eval,
+publish (behind the L2 gate that counts: loss at least 50% below the base), a short RLOO, and
+then the gateway serves the published adapter with the embedded engine, token for token as
+PEFT's own greedy generate (float32).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CI_OVERRIDES = [
     "sft.max_steps=24",
     "sft.batch_size=4",
     "reward.max_steps=8",
+    "dpo.max_steps=4",
     "rlaif.prompts=16",
     "rlaif.max_new_tokens=96",
     "rlaif.max_steps=4",
@@ -59,7 +61,9 @@ def chain(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Recipe
         [f"base_model={smollm2_dir}", f"runs_dir={root / 'runs'}", f"publish.registry={root / 'registry'}"]
         + CI_OVERRIDES,
     )
-    run_chain(recipe)
+    for step in ("sft", "reward", "rlaif"):  # before the chain, so that its eval covers RLAIF too
+        run_step(recipe, step)
+    run_chain(recipe)  # sft and reward done: dpo, eval, publish
     run_step(recipe, "rl")
     return recipe
 
@@ -82,7 +86,9 @@ def test_every_stage_left_its_figures(chain: Recipe) -> None:
     assert len(verdicts) == 16
     rl = json.loads((chain.run_dir("rl") / "metrics.json").read_text())
     assert rl["global_step"] == 2 and rl["last_reward"] is not None
-    assert "rlaif_vs_sft" in report(chain)["win_rates"]
+    dpo = json.loads((chain.run_dir("dpo") / "metrics.json").read_text())
+    assert dpo["global_step"] == 4
+    assert {"rlaif_vs_sft", "dpo_vs_sft"} <= report(chain)["win_rates"].keys()
 
 
 async def test_the_gateway_serves_the_published_adapter_as_peft_does(chain: Recipe, tmp_path: Path) -> None:
