@@ -13,7 +13,8 @@ Load: ``--concurrency`` clients stream chat completions of exactly ``--new-token
 in alternating rounds after a warm-up of each, so that both see the same machine; then a
 paired probe (one-token requests, one at a time, gateway and direct in turn) isolates what
 the gateway adds to each request from the noise of a loaded machine, and reads the gateway
-process's CPU time per request from /proc. Then
+process's CPU time per request from /proc. The probe runs again with ``instant_upstream`` (a
+stand-in that answers at once) in vLLM's place: what the gateway adds there is its own work. Then
 the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
 tokens/s over each round, per-request latency (start to last byte) and time to first token.
 """
@@ -26,6 +27,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -273,6 +275,43 @@ def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
     return rounds, probe, via
 
 
+def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: str) -> Probe:
+    """The paired probe again, with ``instant_upstream`` in vLLM's place: the gateway's own cost."""
+    upstream = f"http://127.0.0.1:{args.vllm_port}"
+    with (root / "instant.log").open("wb") as log:
+        command = [sys.executable, "-m", "loadtests.instant_upstream", str(args.vllm_port)]
+        stand_in = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    gateway = None
+    try:
+        wait_for(f"{upstream}/health", stand_in)
+        gateway_args = ["--engine", "vllm", "--upstream", upstream]
+        gateway = start_gateway(
+            root, args.gateway_port, gateway_args, model_dir, root / "gateway-instant.log"
+        )
+        via = Target(VIA, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions",
+                     {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, MODEL), True)  # fmt: skip
+        direct = Target(DIRECT, f"{upstream}/v1/chat/completions", {},
+                        {"plain": MODEL, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
+        asyncio.run(paired_probe(via, direct, 30, gateway.pid, tqdm(disable=True)))  # warm-up
+        with tqdm(total=args.instant_pairs, desc="instant upstream", unit="pair") as bar:
+            return asyncio.run(paired_probe(via, direct, args.instant_pairs, gateway.pid, bar))
+    finally:
+        if gateway is not None:
+            stop(gateway)
+        stop(stand_in)
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")
+
+
 def bench_embedded(args: argparse.Namespace, root: Path, model_dir: Path, via: Target) -> list[Round]:
     """The same load on ``loragate serve --engine local`` (vLLM stopped by now)."""
     local = start_gateway(root, args.gateway_port, ["--engine", "local"], model_dir, root / "local.log")
@@ -303,6 +342,18 @@ def main(args: argparse.Namespace) -> None:
         f"p99 {figures['p99_ms']:.2f} ms ({len(probe.added)} pairs; target p50 < 2 ms); "
         f"gateway CPU {probe.gateway_cpu_ms:.2f} ms per request"
     )
+    instant = bench_instant(args, root, model_dir, key)
+    figures["instant_upstream"] = {
+        "pairs": len(instant.added),
+        "p50_ms": 1000 * percentile(instant.added, 50),
+        "p99_ms": 1000 * percentile(instant.added, 99),
+        "gateway_cpu_ms_per_request": instant.gateway_cpu_ms,
+    }
+    print(
+        f"the same probe with an upstream that answers at once: the gateway adds p50 "
+        f"{1000 * percentile(instant.added, 50):.2f} ms, p99 {1000 * percentile(instant.added, 99):.2f} ms "
+        f"({len(instant.added)} pairs); gateway CPU {instant.gateway_cpu_ms:.2f} ms per request"
+    )
     if args.embedded_rounds:
         rounds[EMBEDDED] = bench_embedded(args, root, model_dir, via)
     summary = {name: summarise(rs) for name, rs in rounds.items()}
@@ -324,7 +375,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=32, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds of each vLLM target")
     parser.add_argument("--embedded-rounds", type=int, default=1, help="0: skip the embedded engine")
-    parser.add_argument("--probe-pairs", type=int, default=60, help="one-token requests, gateway then direct")
+    parser.add_argument("--probe-pairs", type=int, default=60, help="one-token requests, gateway and direct")
+    parser.add_argument("--instant-pairs", type=int, default=300, help="the probe against instant_upstream")
     parser.add_argument("--vllm-port", type=int, default=8011)
     parser.add_argument("--gateway-port", type=int, default=8012)
     return parser.parse_args(argv)
