@@ -138,6 +138,20 @@ class Probe:
     added: list[float]  # seconds the gateway added, pair by pair
     gateway_cpu_ms: float  # the gateway process's CPU time per request it served
 
+    def report(self, title: str) -> dict[str, float]:
+        """Print the figures under ``title`` and return them."""
+        figures = {
+            "pairs": len(self.added),
+            "p50_ms": 1000 * percentile(self.added, 50),
+            "p99_ms": 1000 * percentile(self.added, 99),
+            "gateway_cpu_ms_per_request": self.gateway_cpu_ms,
+        }
+        print(
+            f"{title}: the gateway adds p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
+            f"({len(self.added)} pairs); gateway CPU {self.gateway_cpu_ms:.2f} ms per request"
+        )
+        return figures
+
 
 async def paired_probe(via: Target, direct: Target, pairs: int, gateway_pid: int, bar: tqdm) -> Probe:
     """Added latency without load noise: one-token requests, gateway and direct in turn, one at a time.
@@ -331,29 +345,9 @@ def main(args: argparse.Namespace) -> None:
     key = build_world(root, model_dir)
     print(f"{machine()}\nstarting vLLM (30-70 s) and the gateway; logs in {root}")
     rounds, probe, via = bench_vllm(args, root, model_dir, key)
-    figures = {
-        "pairs": len(probe.added),
-        "p50_ms": 1000 * percentile(probe.added, 50),
-        "p99_ms": 1000 * percentile(probe.added, 99),
-        "gateway_cpu_ms_per_request": probe.gateway_cpu_ms,
-    }
-    print(
-        f"paired probe, one-token requests one at a time: the gateway adds p50 {figures['p50_ms']:.2f} ms, "
-        f"p99 {figures['p99_ms']:.2f} ms ({len(probe.added)} pairs; target p50 < 2 ms); "
-        f"gateway CPU {probe.gateway_cpu_ms:.2f} ms per request"
-    )
+    figures = probe.report("paired probe, one-token requests one at a time (target p50 < 2 ms)")
     instant = bench_instant(args, root, model_dir, key)
-    figures["instant_upstream"] = {
-        "pairs": len(instant.added),
-        "p50_ms": 1000 * percentile(instant.added, 50),
-        "p99_ms": 1000 * percentile(instant.added, 99),
-        "gateway_cpu_ms_per_request": instant.gateway_cpu_ms,
-    }
-    print(
-        f"the same probe with an upstream that answers at once: the gateway adds p50 "
-        f"{1000 * percentile(instant.added, 50):.2f} ms, p99 {1000 * percentile(instant.added, 99):.2f} ms "
-        f"({len(instant.added)} pairs); gateway CPU {instant.gateway_cpu_ms:.2f} ms per request"
-    )
+    figures["instant_upstream"] = instant.report("the same probe, an upstream that answers at once")
     if args.embedded_rounds:
         rounds[EMBEDDED] = bench_embedded(args, root, model_dir, via)
     summary = {name: summarise(rs) for name, rs in rounds.items()}
