@@ -27,7 +27,9 @@ def greedy(server: LiveServer, key: str, department: str, prompt: str) -> str:
         extra_headers={"X-Department": department},
     )
     assert result.usage is not None and result.usage.completion_tokens == 24
-    return result.choices[0].message.content or ""
+    # Cut inside a multi-byte character, the embedded engine ends on U+FFFD and vLLM drops the
+    # partial character: the same tokens, one decoding difference at the very end
+    return (result.choices[0].message.content or "").removesuffix("\ufffd")
 
 
 @pytest.mark.parametrize("department", ["plain", "it", "legal"])
