@@ -72,7 +72,8 @@ class VllmServer:
 
     def gauge(self, name: str) -> float:
         """A ``vllm:`` gauge's value, summed over its label sets."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        # vLLM's API server can take seconds to answer while it streams on a loaded machine
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()

@@ -8,9 +8,13 @@ from loadtests.vllm_server import VLLM_PYTHON, VllmServer
 from service.engines.vllm_spawn import VllmCommand
 from tests.conftest import TINY_MODEL, free_port
 
-__all__ = ["CPU_FLAGS", "MAX_MODEL_LEN", "VLLM_PYTHON", "VllmServer", "tiny_server"]
+__all__ = ["CPU_FLAGS", "LONG_REQUEST_TOKENS", "MAX_MODEL_LEN", "VLLM_PYTHON", "VllmServer", "tiny_server"]
 
 MAX_MODEL_LEN = 8192  # the tiny model's KV cache is 512 bytes a token: 4 MB for a full context
+# Half a minute of work or more for a request a client leaves early. vLLM makes the tiny model's
+# tokens fast, and on a loaded 2-core runner its API server lags its engine by seconds: shorter
+# requests (900, 980 tokens) were over before the client had read its first chunks.
+LONG_REQUEST_TOKENS = 8000
 CPU_FLAGS = "--kv-cache-memory-bytes 256M --max-num-seqs 32"  # vLLM on CPU wants a KV size; keep it small
 
 

@@ -8,15 +8,13 @@ import httpx
 import pytest
 
 from tests.conftest import TINY_MODEL, LiveServer
-from tests.vllm.servers import VllmServer
+from tests.vllm.servers import LONG_REQUEST_TOKENS, VllmServer
 
 pytestmark = pytest.mark.vllm
 
 RUNNING = "vllm:num_requests_running"
 GENERATED = "vllm:generation_tokens_total"
-# Half a minute of work or more: on a loaded 2-core runner vLLM's API server can lag its engine
-# by seconds, and a shorter request was over before the client had read its first chunks
-MAX_TOKENS = 8000
+MAX_TOKENS = LONG_REQUEST_TOKENS
 
 
 def metric(replicas: list[VllmServer], name: str) -> float:
@@ -42,15 +40,14 @@ def test_a_stream_the_client_drops_is_aborted_in_vllm(
         lines = reply.iter_lines()
         for _ in range(4):
             next(line for line in lines if line.startswith("data: "))
-        running_while_read = metric(replicas, RUNNING)
-    # Whether vLLM still counts the request at this instant depends on how fast a loaded machine
-    # generates; what must hold is that it stops early and its running count goes back to 0.
+    # Reading vLLM's running count while the stream is open is racy on a loaded machine (its API
+    # server lags its engine, and its /metrics can take seconds to answer while it streams); what
+    # must hold is that vLLM stops early and its running count goes back to 0.
     deadline = time.monotonic() + 30
     while metric(replicas, RUNNING) != 0:
         assert time.monotonic() < deadline, "vLLM kept generating for a client that left"
         time.sleep(0.1)
     generated = metric(replicas, GENERATED) - generated_before
     assert 0 < generated < MAX_TOKENS, (
-        f"vLLM made {generated:.0f} of {MAX_TOKENS} tokens for a client that left after 4 chunks "
-        f"(running while it read: {running_while_read:.0f})"
+        f"vLLM made {generated:.0f} of {MAX_TOKENS} tokens for a client that left after 4 chunks"
     )
