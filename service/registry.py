@@ -116,6 +116,19 @@ def check_servable(folder: Path) -> dict[str, Any]:
     return config
 
 
+def _stamp(folder: Path) -> tuple[tuple[int, int], ...]:
+    """(mtime, size) of an adapter's files; (0, -1) for a missing one."""
+    stamps = []
+    for file in (MANIFEST, CONFIG, WEIGHTS):
+        try:
+            stat = (folder / file).stat()
+        except FileNotFoundError:
+            stamps.append((0, -1))
+        else:
+            stamps.append((stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
+
+
 class Registry:
     def __init__(self, root: Path, base_model: str, base_aliases: tuple[str, ...] = ()):
         self.root = root
@@ -125,7 +138,8 @@ class Registry:
         self._lock = threading.Lock()
         self._aliases: dict[str, dict[str, Any]] = {}
         self._aliases_mtime: float | None = None
-        self._verified: dict[Path, tuple[str, int, int]] = {}  # folder -> checked (sha256, mtime, size)
+        # folder -> (its files' stamps, the adapter checked against them): checks once per version
+        self._checked: dict[Path, tuple[tuple[tuple[int, int], ...], Adapter]] = {}
 
     # -- adapters ------------------------------------------------------------
     def _folder(self, name: str, version: int) -> Path:
@@ -173,8 +187,16 @@ class Registry:
         return Adapter(manifest, target)
 
     def load(self, name: str, version: int) -> Adapter:
-        """An adapter checked again on every load: base model, sha256, servability."""
+        """An adapter checked again whenever its files change: base model, sha256, servability.
+
+        Requests call this on every use; while the files' sizes and mtimes are unchanged the
+        checks (a manifest parse, a safetensors header read, a sha256) are not repeated.
+        """
         folder = self._folder(name, version)
+        stamp = _stamp(folder)
+        checked = self._checked.get(folder)
+        if checked is not None and checked[0] == stamp:
+            return checked[1]
         if not (folder / MANIFEST).is_file():
             raise AdapterRejected(f"no adapter {name}@{version} in the registry")
         manifest = AdapterManifest.model_validate_json((folder / MANIFEST).read_text())
@@ -183,13 +205,11 @@ class Registry:
                 f"{manifest.ref} is for base model {manifest.base_model!r}, not the served {self.base_model!r}"  # noqa: E501
             )
         check_servable(folder)
-        stat = (folder / WEIGHTS).stat()
-        stamp = (manifest.sha256, stat.st_mtime_ns, stat.st_size)
-        if self._verified.get(folder) != stamp:  # hash once per file version, not per request
-            if sha256_of(folder / WEIGHTS) != manifest.sha256:
-                raise AdapterRejected(f"{manifest.ref}: the weights' sha256 does not match the manifest")
-            self._verified[folder] = stamp
-        return Adapter(manifest, folder)
+        if sha256_of(folder / WEIGHTS) != manifest.sha256:
+            raise AdapterRejected(f"{manifest.ref}: the weights' sha256 does not match the manifest")
+        adapter = Adapter(manifest, folder)
+        self._checked[folder] = (stamp, adapter)
+        return adapter
 
     def versions(self, name: str) -> list[Adapter]:
         folder = self.root / "adapters" / name

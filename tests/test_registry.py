@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+import service.registry as registry_module
 from service.registry import AdapterRejected, Registry, check_servable
 
 from .demo_adapters import make_adapter
@@ -69,6 +71,25 @@ def test_refuses_tampered_weights(registry: Registry, adapter_dir: Path) -> None
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
+    with pytest.raises(AdapterRejected, match="sha256"):
+        registry.load("helpdesk", 1)
+
+
+def test_checks_run_once_per_file_version(
+    registry: Registry, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = registry.publish(adapter_dir, name="helpdesk", level="L2")
+    checked: list[Path] = []
+    real_check = registry_module.check_servable
+    monkeypatch.setattr(registry_module, "check_servable", lambda p: checked.append(p) or real_check(p))
+    assert registry.load("helpdesk", 1) == registry.load("helpdesk", 1) == adapter
+    assert len(checked) == 1  # requests load the adapter on every use: the checks are not redone
+    weights = adapter.path / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))  # same size
+    later = weights.stat().st_mtime_ns + 10**9  # a new mtime even where file times are coarse
+    os.utime(weights, ns=(later, later))
     with pytest.raises(AdapterRejected, match="sha256"):
         registry.load("helpdesk", 1)
 
