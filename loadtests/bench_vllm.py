@@ -127,39 +127,60 @@ async def run_round(target: Target, requests: int, concurrency: int, new_tokens:
     return result
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc (Linux)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 @dataclass
 class Probe:
     added: list[float]  # seconds the gateway added, pair by pair
-    gateway_cpu_ms: float  # the gateway process's CPU time per request it served
+    gateway_cpu_ms: tuple[float, float]  # the gateway's user and system CPU per request it served
+    upstream_cpu_ms: tuple[float, float] | None  # the same for the upstream, when it is a stand-in
 
     def report(self, title: str) -> dict[str, float]:
         """Print the figures under ``title`` and return them."""
+        user, system = self.gateway_cpu_ms
         figures = {
             "pairs": len(self.added),
             "p50_ms": 1000 * percentile(self.added, 50),
             "p99_ms": 1000 * percentile(self.added, 99),
-            "gateway_cpu_ms_per_request": self.gateway_cpu_ms,
+            "gateway_cpu_ms_per_request": user + system,
+            "gateway_user_cpu_ms_per_request": user,
         }
         print(
             f"{title}: the gateway adds p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
-            f"({len(self.added)} pairs); gateway CPU {self.gateway_cpu_ms:.2f} ms per request"
+            f"({len(self.added)} pairs); gateway CPU {user + system:.2f} ms per request "
+            f"({user:.2f} user, {system:.2f} system)"
         )
+        if self.upstream_cpu_ms:
+            up_user, up_system = self.upstream_cpu_ms
+            figures["upstream_cpu_ms_per_request"] = up_user + up_system
+            print(
+                f"  for scale, the stand-in upstream (a bare Starlette app) uses "
+                f"{up_user + up_system:.2f} ms of CPU per request "
+                f"({up_user:.2f} user, {up_system:.2f} system)"
+            )
         return figures
 
 
-async def paired_probe(via: Target, direct: Target, pairs: int, gateway_pid: int, bar: tqdm) -> Probe:
+def _per_request_ms(pid: int, before: tuple[float, float], requests: int) -> tuple[float, float]:
+    user, system = cpu_seconds(pid)
+    return 1000 * (user - before[0]) / requests, 1000 * (system - before[1]) / requests
+
+
+async def paired_probe(
+    via: Target, direct: Target, pairs: int, gateway_pid: int, bar: tqdm, upstream_pid: int | None = None
+) -> Probe:
     """Added latency without load noise: one-token requests, gateway and direct in turn, one at a time.
 
     The order alternates, so neither side always comes second (warm caches, a woken vLLM).
     """
     added = []
-    cpu_before = cpu_seconds(gateway_pid)
+    gateway_before = cpu_seconds(gateway_pid)
+    upstream_before = cpu_seconds(upstream_pid) if upstream_pid else (0.0, 0.0)
     async with httpx.AsyncClient(timeout=60) as client:
         for i in range(pairs):
             department, prompt = DEPARTMENTS[i % 3], PROMPTS[i % len(PROMPTS)]
@@ -168,7 +189,10 @@ async def paired_probe(via: Target, direct: Target, pairs: int, gateway_pid: int
                 latency[target.name] = (await one(client, target, department, prompt, 1))[0]
             added.append(latency[via.name] - latency[direct.name])
             bar.update(1)
-    return Probe(added, 1000 * (cpu_seconds(gateway_pid) - cpu_before) / pairs)
+    gateway = _per_request_ms(gateway_pid, gateway_before, pairs)
+    # the upstream serves both sides of each pair
+    upstream = _per_request_ms(upstream_pid, upstream_before, 2 * pairs) if upstream_pid else None
+    return Probe(added, gateway, upstream)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -308,7 +332,8 @@ def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: st
                         {"plain": MODEL, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
         asyncio.run(paired_probe(via, direct, 30, gateway.pid, tqdm(disable=True)))  # warm-up
         with tqdm(total=args.instant_pairs, desc="instant upstream", unit="pair") as bar:
-            return asyncio.run(paired_probe(via, direct, args.instant_pairs, gateway.pid, bar))
+            probe = paired_probe(via, direct, args.instant_pairs, gateway.pid, bar, stand_in.pid)
+            return asyncio.run(probe)
     finally:
         if gateway is not None:
             stop(gateway)
