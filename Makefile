@@ -53,8 +53,8 @@ test: model vllm
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not vllm"
 
-# The adapter factory on the CPU: L2 (SFT) and L3 (reward model + RLAIF) for the demo departments,
-# evaluated and published into data/registry behind the recipes' gates; prints the figures.
+# The adapter factory on the CPU: L2 (SFT) and L3 (reward model, then DPO: the recipes' publish.l3)
+# for the demo departments, evaluated and published into data/registry behind the recipes' gates; prints the figures.
 # Finished steps are skipped on a rerun; an interrupted one resumes from its last checkpoint.
 RECIPES := adapters/recipes/it-helpdesk.yaml adapters/recipes/legal.yaml
 adapters: model
