@@ -37,8 +37,8 @@ import httpx
 from tqdm import tqdm
 
 from loadtests.bench_engine import PROMPTS, machine
-from loadtests.vllm_server import VLLM_PYTHON, VllmServer
-from service.engines.vllm_spawn import VllmCommand
+from loadtests.probe import Probe, cpu_seconds, per_request_ms, percentile
+from loadtests.vllm_server import start_cpu_vllm
 from service.model_store import prepare_model
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -127,50 +127,6 @@ async def run_round(target: Target, requests: int, concurrency: int, new_tokens:
     return result
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU time of a process so far, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-@dataclass
-class Probe:
-    added: list[float]  # seconds the gateway added, pair by pair
-    gateway_cpu_ms: tuple[float, float]  # the gateway's user and system CPU per request it served
-    upstream_cpu_ms: tuple[float, float] | None  # the same for the upstream, when it is a stand-in
-
-    def report(self, title: str) -> dict[str, float]:
-        """Print the figures under ``title`` and return them."""
-        user, system = self.gateway_cpu_ms
-        figures = {
-            "pairs": len(self.added),
-            "p50_ms": 1000 * percentile(self.added, 50),
-            "p99_ms": 1000 * percentile(self.added, 99),
-            "gateway_cpu_ms_per_request": user + system,
-            "gateway_user_cpu_ms_per_request": user,
-        }
-        print(
-            f"{title}: the gateway adds p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
-            f"({len(self.added)} pairs); gateway CPU {user + system:.2f} ms per request "
-            f"({user:.2f} user, {system:.2f} system)"
-        )
-        if self.upstream_cpu_ms:
-            up_user, up_system = self.upstream_cpu_ms
-            figures["upstream_cpu_ms_per_request"] = up_user + up_system
-            print(
-                f"  for scale, the stand-in upstream (a bare Starlette app) uses "
-                f"{up_user + up_system:.2f} ms of CPU per request "
-                f"({up_user:.2f} user, {up_system:.2f} system)"
-            )
-        return figures
-
-
-def _per_request_ms(pid: int, before: tuple[float, float], requests: int) -> tuple[float, float]:
-    user, system = cpu_seconds(pid)
-    return 1000 * (user - before[0]) / requests, 1000 * (system - before[1]) / requests
-
-
 async def paired_probe(
     via: Target, direct: Target, pairs: int, gateway_pid: int, bar: tqdm, upstream_pid: int | None = None
 ) -> Probe:
@@ -189,15 +145,10 @@ async def paired_probe(
                 latency[target.name] = (await one(client, target, department, prompt, 1))[0]
             added.append(latency[via.name] - latency[direct.name])
             bar.update(1)
-    gateway = _per_request_ms(gateway_pid, gateway_before, pairs)
+    gateway = per_request_ms(gateway_pid, gateway_before, pairs)
     # the upstream serves both sides of each pair
-    upstream = _per_request_ms(upstream_pid, upstream_before, 2 * pairs) if upstream_pid else None
+    upstream = per_request_ms(upstream_pid, upstream_before, 2 * pairs) if upstream_pid else None
     return Probe(added, gateway, upstream)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def build_world(root: Path, model_dir: Path) -> str:
@@ -285,12 +236,9 @@ def rounds_of(target: Target, args: argparse.Namespace, count: int, bar: tqdm) -
 
 def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
     """Gateway -> vLLM and vLLM direct, alternating; then the paired probe."""
-    command = VllmCommand(
-        python=str(VLLM_PYTHON), model_path=model_dir, served_name=MODEL, port=args.vllm_port,
-        dtype="float32", max_lora_rank=8, max_loras=2, max_model_len=2048,
-        extra_args="--kv-cache-memory-bytes 1G --max-num-seqs 32",
-    )  # fmt: skip
-    vllm = VllmServer(command, root / "vllm.log").start().wait_healthy()
+    vllm = start_cpu_vllm(
+        model_dir, MODEL, args.vllm_port, root / "vllm.log", max_lora_rank=8, max_num_seqs=32
+    )
     gateway_args = ["--engine", "vllm", "--upstream", vllm.url]
     gateway = start_gateway(root, args.gateway_port, gateway_args, model_dir, root / "gateway.log")
     via = Target(VIA, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions",

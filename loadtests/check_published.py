@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from adapters.data import FORMAT_CHECKS, load_instructions, prompt_text
 from loadtests.bench_vllm import MODEL, start_gateway, stop
-from loadtests.vllm_server import VLLM_PYTHON, VllmServer
-from service.engines.vllm_spawn import VllmCommand
+from loadtests.vllm_server import start_cpu_vllm
 from service.keys import KeyStore
 from service.model_store import prepare_model
 from service.tenancy import TenantDirectory
@@ -90,12 +89,9 @@ def main(args: argparse.Namespace) -> None:
     key = build_world(root)
     aliases = json.loads((REGISTRY / "aliases.json").read_text())["aliases"]
     print("serving", {d: aliases[d]["current"] for d in DEPARTMENTS}, f"logs in {root}")
-    command = VllmCommand(
-        python=str(VLLM_PYTHON), model_path=model_dir, served_name=MODEL, port=args.vllm_port,
-        dtype="float32", max_lora_rank=16, max_loras=2, max_model_len=2048,
-        extra_args="--kv-cache-memory-bytes 1G --max-num-seqs 8",
-    )  # fmt: skip
-    vllm = VllmServer(command, root / "vllm.log").start().wait_healthy()
+    vllm = start_cpu_vllm(
+        model_dir, MODEL, args.vllm_port, root / "vllm.log", max_lora_rank=16, max_num_seqs=8
+    )
     try:
         gateway = start_gateway(root, args.gateway_port, ["--engine", "vllm", "--upstream", vllm.url],
                                 model_dir, root / "gateway-vllm.log")  # fmt: skip

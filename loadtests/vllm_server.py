@@ -79,3 +79,15 @@ class VllmServer:
             for line in text.splitlines()
             if line.split("{", 1)[0].split(" ", 1)[0] == name
         )
+
+
+def start_cpu_vllm(
+    model_dir: Path, served_name: str, port: int, log: Path, *, max_lora_rank: int, max_num_seqs: int
+) -> VllmServer:
+    """vLLM's CPU build on ``model_dir``: float32, two adapter slots, 1 GB of KV cache; started, healthy."""
+    command = VllmCommand(
+        python=str(VLLM_PYTHON), model_path=model_dir, served_name=served_name, port=port,
+        dtype="float32", max_lora_rank=max_lora_rank, max_loras=2, max_model_len=2048,
+        extra_args=f"--kv-cache-memory-bytes 1G --max-num-seqs {max_num_seqs}",
+    )  # fmt: skip
+    return VllmServer(command, log).start().wait_healthy()

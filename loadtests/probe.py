@@ -1,0 +1,56 @@
+"""The paired probe's figures: what the gateway added per request, and CPU time per request from /proc."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+@dataclass
+class Probe:
+    added: list[float]  # seconds the gateway added, pair by pair
+    gateway_cpu_ms: tuple[float, float]  # the gateway's user and system CPU per request it served
+    upstream_cpu_ms: tuple[float, float] | None  # the same for the upstream, when it is a stand-in
+
+    def report(self, title: str) -> dict[str, float]:
+        """Print the figures under ``title`` and return them."""
+        user, system = self.gateway_cpu_ms
+        figures = {
+            "pairs": len(self.added),
+            "p50_ms": 1000 * percentile(self.added, 50),
+            "p99_ms": 1000 * percentile(self.added, 99),
+            "gateway_cpu_ms_per_request": user + system,
+            "gateway_user_cpu_ms_per_request": user,
+        }
+        print(
+            f"{title}: the gateway adds p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
+            f"({len(self.added)} pairs); gateway CPU {user + system:.2f} ms per request "
+            f"({user:.2f} user, {system:.2f} system)"
+        )
+        if self.upstream_cpu_ms:
+            up_user, up_system = self.upstream_cpu_ms
+            figures["upstream_cpu_ms_per_request"] = up_user + up_system
+            print(
+                f"  for scale, the stand-in upstream (a bare Starlette app) uses "
+                f"{up_user + up_system:.2f} ms of CPU per request "
+                f"({up_user:.2f} user, {up_system:.2f} system)"
+            )
+        return figures
+
+
+def per_request_ms(pid: int, before: tuple[float, float], requests: int) -> tuple[float, float]:
+    user, system = cpu_seconds(pid)
+    return 1000 * (user - before[0]) / requests, 1000 * (system - before[1]) / requests
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
