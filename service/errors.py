@@ -10,6 +10,7 @@ raises the matching exception class::
     ├── PermissionDeniedError    403  PermissionDeniedError
     ├── NotFoundError            404  NotFoundError
     │   └── ModelNotFoundError   404  NotFoundError (code model_not_found)
+    ├── MethodNotAllowedError    405  APIStatusError
     ├── RequestTooLargeError     413  APIStatusError
     ├── RateLimitError           429  RateLimitError
     └── EngineUnavailableError   503  InternalServerError
@@ -66,6 +67,12 @@ class NotFoundError(LoragateError):
 
 class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
+
+
+class MethodNotAllowedError(LoragateError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
 
 
 class RequestTooLargeError(LoragateError):

@@ -1,15 +1,15 @@
 """Pure ASGI middleware: request ids, the body size limit and a last-resort 500; request metrics.
 
-``GatewayMiddleware`` sits inside Starlette's ServerErrorMiddleware, so every response, an
-unexpected failure included, carries ``x-request-id`` and the OpenAI error envelope, never a
-stack trace. ``MetricsMiddleware`` sits outside it, so that it sees every status it sends.
+``GatewayMiddleware`` wraps every route: every response, an unexpected failure included,
+carries ``x-request-id`` and the OpenAI error envelope, never a stack trace.
+``MetricsMiddleware`` wraps the chat route outside it, so that it sees every status it sends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
+import secrets
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,7 +38,7 @@ class GatewayMiddleware:
             return
         headers = dict(scope["headers"])
         given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")[:128]
-        request_id = given or f"req-{uuid.uuid4().hex}"
+        request_id = given or f"req-{secrets.token_hex(16)}"
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
 
@@ -100,21 +100,17 @@ class GatewayMiddleware:
 
 
 class MetricsMiddleware:
-    """Wraps the requests to ``path``: a ``RequestMetrics`` in ``scope["state"]`` for the route,
-    and, when the response is over (sent, failed or the client gone), its status and duration.
+    """Wraps the chat route: a ``RequestMetrics`` in ``scope["state"]`` for it, and, when the
+    response is over (sent, failed or the client gone), its status and duration.
 
     An error response's ``type`` is read from its envelope, whichever layer sent it.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, path: str):
+    def __init__(self, app: ASGIApp, *, metrics: Metrics):
         self.app = app
         self.metrics = metrics
-        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith(self.path):
-            await self.app(scope, receive, send)
-            return
         recorder = self.metrics.request()
         attach(scope, recorder)
         status: int | None = None

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from .chat import ChatService
 from .config import Settings
 from .engines.base import Engine
-from .metrics import Metrics, RequestMetrics, recorder_of
+from .metrics import Metrics
 from .registry import Registry
 from .tenancy import Principal, Tenancy
 
@@ -40,11 +40,3 @@ async def authenticate(request: Request, state: StateDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
-
-
-async def request_metrics(request: Request) -> RequestMetrics:
-    """This chat request's metrics recorder (``MetricsMiddleware`` made it)."""
-    return recorder_of(request.scope)
-
-
-RecorderDep = Annotated[RequestMetrics, Depends(request_metrics)]
