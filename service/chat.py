@@ -19,15 +19,13 @@ from .planning import Plan, Planner
 from .protocol import (
     AssistantMessage,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
-    ChunkChoice,
     Usage,
     new_completion_id,
 )
 from .reasoning import HiddenReasoning
-from .sse import DONE, event
+from .sse import DONE, ChunkEvents, event
 
 log = logging.getLogger(__name__)
 
@@ -91,32 +89,25 @@ class ChatService:
         deltas: AsyncIterator[Delta],
         metrics: RequestMetrics,
     ) -> AsyncIterator[str]:
-        cid, created = new_completion_id(), int(time.time())
-        usage_field = {"usage": None} if body.include_usage else {}
-
-        def chunk(index: int, delta: dict[str, str], finish_reason: str | None = None) -> str:
-            choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)
-            payload = ChatCompletionChunk(
-                id=cid, object="chat.completion.chunk", created=created, model=body.model, choices=[choice]
-            )  # object passed explicitly: exclude_unset would drop a default
-            return event(payload.model_dump(mode="json", exclude_unset=True) | usage_field)
-
+        chunks = ChunkEvents(
+            new_completion_id(), int(time.time()), body.model, usage_field=body.include_usage
+        )
         prompt_tokens = completion_tokens = finished = 0
         # Events known together leave in one write (each is a syscall and a wake-up of the client):
         # the role chunks with the first text, a finish with its text, the last finish with the
         # usage and [DONE].
-        out = "".join(chunk(index, {"role": "assistant", "content": ""}) for index in range(n))
+        out = "".join(chunks.choice(index, role="assistant", content="") for index in range(n))
         try:
             async with aclosing(deltas):  # closing it aborts the engine's work
                 pending: Delta | None = first
                 while pending is not None:
                     if pending.text:
-                        out += chunk(pending.index, {"content": pending.text})
+                        out += chunks.choice(pending.index, content=pending.text)
                     if pending.finish_reason is not None:
                         prompt_tokens = pending.prompt_tokens
                         completion_tokens += pending.completion_tokens
                         finished += 1
-                        out += chunk(pending.index, {}, pending.finish_reason)
+                        out += chunks.choice(pending.index, finish_reason=pending.finish_reason)
                     if out and finished < n:  # after the last finish only the stream's end is left
                         yield out
                         out = ""
@@ -124,14 +115,13 @@ class ChatService:
                     if pending is not None:
                         metrics.delta(pending)
             if body.include_usage:
-                usage = Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                )
-                out += event(
-                    ChatCompletionChunk(id=cid, created=created, model=body.model, choices=[], usage=usage)
-                )
+                total = prompt_tokens + completion_tokens
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": total,
+                }
+                out += chunks.usage(usage)
         except LoragateError as exc:
             metrics.fail(exc.error_type)
             out += event(exc.envelope())

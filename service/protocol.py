@@ -7,8 +7,8 @@ that clients send through ``extra_body``; other unknown fields are ignored.
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -92,7 +92,7 @@ class Choice(BaseModel):
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{secrets.token_hex(16)}"
 
 
 class ChatCompletion(BaseModel):
