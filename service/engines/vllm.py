@@ -1,8 +1,10 @@
 """The vLLM backend: one or more vLLM OpenAI servers (``vllm serve ... --enable-lora``) over httpx.
 
-- The HTTP client is httpx over aiohttp's transport (its C parser and writer cost the
-  gateway far less per request than httpcore's pure-Python HTTP/1.1); tests hand in
-  an ``httpx.MockTransport`` instead.
+- The HTTP client is httpx over aiohttp (``aiohttp_transport``: its C parser and writer
+  cost the gateway far less per request than httpcore's pure-Python HTTP/1.1); tests
+  hand in an ``httpx.MockTransport`` instead. Chat requests go to the transport
+  directly: ``AsyncClient.send``'s redirects, cookies and auth hooks are per-request
+  work a relay to a known server does not need.
 
 - Requests go out as streamed chat completions with ``model`` = the adapter's name
   in vLLM (the registry ref, ``name@version``) or the base model; the SSE reply is
@@ -21,19 +23,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from ..errors import ModelNotFoundError
+from .aiohttp_transport import AiohttpTransport
 from .base import Delta, EngineEvents, EngineHealth, GenerationRequest
 from .routing import Replica, Router
 from .vllm_spawn import VllmSupervisor
-from .vllm_wire import AdapterLoadError, ChunkReader, UpstreamError, chat_body, error_message, request_error
+from .vllm_wire import (
+    AdapterLoadError,
+    ChunkReader,
+    UpstreamError,
+    chat_body,
+    data_lines,
+    error_message,
+    request_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +75,10 @@ class VllmEngine:
         self._capacity = max_loaded_adapters
         self._health_interval = health_interval
         self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30.0, pool=30.0)
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        if transport is None:
-            transport = AiohttpTransport(limits=limits)
-        self._http = httpx.AsyncClient(timeout=self._timeout, limits=limits, transport=transport)
+        self._timeouts = self._timeout.as_dict()  # for requests that go to the transport directly
+        self._chat_urls = {r.url: httpx.URL(f"{r.url}/v1/chat/completions") for r in replicas}  # parsed once
+        self._transport = transport or AiohttpTransport(max_connections)
+        self._http = httpx.AsyncClient(timeout=self._timeout, transport=self._transport)
         self._paths: dict[str, Path] = {}  # adapter name -> registry folder
         self._events = EngineEvents()
         self._checker: asyncio.Task[None] | None = None
@@ -172,6 +183,8 @@ class VllmEngine:
     # -- adapters --------------------------------------------------------------
     async def ensure_adapter(self, name: str, path: Path) -> None:
         """Remember where ``name`` lives; it is loaded on the replica that first needs it."""
+        if self._paths.get(name) is path:
+            return  # the registry hands out the same Adapter while its files are unchanged
         if not (path / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"The adapter `{name}` has no files to load.", param="model")
         self._paths[name] = path
@@ -239,9 +252,9 @@ class VllmEngine:
     async def _relay(self, response: httpx.Response, n: int) -> AsyncIterator[Delta]:
         reader = ChunkReader(n)
         try:
-            async for line in response.aiter_lines():  # read to the end: the connection goes back to the pool
-                if line.startswith("data:") and not reader.done:
-                    for delta in reader.feed(line[5:].strip()):
+            async for data in data_lines(response.stream):  # to the end: the connection goes back to the pool
+                if not reader.done:
+                    for delta in reader.feed(data):
                         yield delta
         except httpx.HTTPError as exc:
             raise UpstreamError("The connection to the model server broke while generating.") from exc
@@ -261,13 +274,14 @@ class _Upstream:
         if request.adapter is not None:
             await engine._load_on(replica, request.adapter)
         model = request.adapter or replica.base_model or engine.model_name
-        http_request = engine._http.build_request(
+        http_request = httpx.Request(
             "POST",
-            f"{replica.url}/v1/chat/completions",
-            json=chat_body(request, model),
-            headers={"X-Request-Id": request.request_id},
+            engine._chat_urls[replica.url],
+            content=json.dumps(chat_body(request, model)).encode(),
+            headers={"content-type": "application/json", "x-request-id": request.request_id},
+            extensions={"timeout": engine._timeouts},
         )
-        self._response = await engine._http.send(http_request, stream=True)
+        self._response = await engine._transport.handle_async_request(http_request)
         return self._response
 
     async def __aexit__(self, *exc: object) -> None:

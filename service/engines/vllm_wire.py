@@ -6,6 +6,7 @@ Pure functions, so the unit tests can script every case without a server.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,3 +148,15 @@ class ChunkReader:
         self.finished = {}
         self.ended += len(indexes)
         return out
+
+
+async def data_lines(stream: AsyncIterable[bytes]) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a server-sent event stream, however its bytes were split."""
+    pending = b""
+    async for chunk in stream:
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip().decode()
+    if pending.startswith(b"data:"):  # a last line without its newline
+        yield pending[5:].strip().decode()

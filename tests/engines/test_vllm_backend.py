@@ -276,7 +276,6 @@ async def test_closing_the_stream_closes_the_upstream_response() -> None:
 
 async def test_an_error_event_in_the_stream_raises() -> None:
     cluster = Cluster(1)
-    engine = await engine_on(cluster)
 
     async def failing(request: httpx.Request) -> httpx.Response:
         if request.url.path != "/v1/chat/completions":
@@ -284,7 +283,8 @@ async def test_an_error_event_in_the_stream_raises() -> None:
         body = b'data: {"error": {"message": "EngineCore encountered an issue."}}\n\ndata: [DONE]\n\n'
         return httpx.Response(200, content=body)
 
-    engine._http._transport = httpx.MockTransport(failing)
+    cluster.transport = httpx.MockTransport(failing)
+    engine = await engine_on(cluster)
     with pytest.raises(UpstreamError, match="EngineCore encountered an issue"):
         await collect(engine.stream(request()))
 
