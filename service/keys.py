@@ -64,10 +64,10 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def file_signature(path: Path) -> tuple[int, int, int] | None:
+def file_signature(path: Path | str) -> tuple[int, int, int] | None:
     """What changes when a file is edited or replaced (None when it is missing): for reloading on change."""
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except OSError:
         return None
     return stat.st_mtime_ns, stat.st_size, stat.st_ino

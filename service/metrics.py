@@ -106,6 +106,8 @@ class Metrics(EngineEvents):
         )
         self.replica_up = gauge("replica_up", "Whether a vLLM replica answers (1/0).", ["replica"])
         self.build = gauge("build_info", "Always 1.", ["version", "engine", "model"])
+        self._series: dict[tuple[str, str, str], Series] = {}
+        self._in_flight: dict[tuple[str, str], Any] = {}
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         if gpu is not None:
@@ -113,6 +115,19 @@ class Metrics(EngineEvents):
 
     def request(self) -> RequestMetrics:
         return RequestMetrics(self)
+
+    def series(self, labels: tuple[str, str, str]) -> Series:
+        """One route's children; ``labels()`` costs a lock and a validation, so each route's are kept."""
+        found = self._series.get(labels)
+        if found is None:
+            found = self._series[labels] = Series(labels)
+        return found
+
+    def in_flight_of(self, tenant: str, department: str) -> Any:
+        found = self._in_flight.get((tenant, department))
+        if found is None:
+            found = self._in_flight[(tenant, department)] = self.in_flight.labels(tenant, department)
+        return found
 
     def build_info(self, version: str, engine: str, model: str) -> None:
         self.build.clear()
@@ -149,6 +164,25 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+class Series:
+    """The children of the per-route families for one (tenant, department, adapter).
+
+    Each is made on first use: a child exists (and is exported) once something was recorded in it.
+    """
+
+    def __init__(self, labels: tuple[str, str, str]):
+        self.labels = labels
+        self._children: dict[tuple[Any, str], Any] = {}
+
+    def __call__(self, family: Any, extra: str = "") -> Any:
+        """``family.labels(*labels)``, or with ``extra`` as the last label (a request's status)."""
+        found = self._children.get((family, extra))
+        if found is None:
+            labels = (*self.labels, extra) if extra else self.labels
+            found = self._children[(family, extra)] = family.labels(*labels)
+        return found
+
+
 class RequestMetrics:
     """One chat request, from its first byte to its last (see ``MetricsMiddleware``).
 
@@ -161,10 +195,12 @@ class RequestMetrics:
         self._m = metrics
         self._start = time.perf_counter()
         self.labels: tuple[str, str, str] = (UNKNOWN, UNKNOWN, UNKNOWN)
+        self._series: Series | None = None  # for self.labels, looked up when first needed
         self._first: float | None = None  # when the first content arrived
         self._last: dict[int, float] = {}  # choice -> when its last content delta arrived
         self._queued = self._prompted = self._closed = False
-        metrics.in_flight.labels(UNKNOWN, UNKNOWN).inc()
+        self._in_flight = metrics.in_flight_of(UNKNOWN, UNKNOWN)
+        self._in_flight.inc()
 
     def authenticated(self, tenant: str) -> None:
         self._relabel((tenant, UNKNOWN, UNKNOWN))
@@ -174,28 +210,36 @@ class RequestMetrics:
 
     def _relabel(self, labels: tuple[str, str, str]) -> None:
         if not self._closed and labels[:2] != self.labels[:2]:
-            self._m.in_flight.labels(*self.labels[:2]).dec()
-            self._m.in_flight.labels(*labels[:2]).inc()
-        self.labels = labels
+            self._in_flight.dec()
+            self._in_flight = self._m.in_flight_of(labels[0], labels[1])
+            self._in_flight.inc()
+        if labels != self.labels:
+            self.labels, self._series = labels, None
+
+    @property
+    def series(self) -> Series:
+        if self._series is None:
+            self._series = self._m.series(self.labels)
+        return self._series
 
     def delta(self, delta: Delta) -> None:
-        now, m, labels = time.perf_counter(), self._m, self.labels
+        now, m, series = time.perf_counter(), self._m, self.series
         if delta.queue_seconds is not None and not self._queued:
             self._queued = True
-            m.queue_time.labels(*labels).observe(delta.queue_seconds)
+            series(m.queue_time).observe(delta.queue_seconds)
         if self._first is None and (delta.text or delta.finish_reason is not None):
             self._first = now
-            m.ttft.labels(*labels).observe(now - self._start)
+            series(m.ttft).observe(now - self._start)
         if delta.text:
             last = self._last.get(delta.index)
             if last is not None:
-                m.inter_token.labels(*labels).observe(now - last)
+                series(m.inter_token).observe(now - last)
             self._last[delta.index] = now
         if delta.finish_reason is not None:
             if not self._prompted:  # the choices share one prompt, counted once as in the usage
                 self._prompted = True
-                m.prompt_tokens.labels(*labels).inc(delta.prompt_tokens)
-            m.completion_tokens.labels(*labels).inc(delta.completion_tokens)
+                series(m.prompt_tokens).inc(delta.prompt_tokens)
+            series(m.completion_tokens).inc(delta.completion_tokens)
 
     def fail(self, error_type: str) -> None:
         kind = error_type if _ERROR_TYPE.fullmatch(error_type) else UNKNOWN
@@ -206,12 +250,12 @@ class RequestMetrics:
         if self._closed:
             return
         self._closed = True
-        m, labels = self._m, self.labels
         if error_type is not None:
             self.fail(error_type)
-        m.requests.labels(*labels, str(status)).inc()
-        m.duration.labels(*labels).observe(time.perf_counter() - self._start)
-        m.in_flight.labels(*labels[:2]).dec()
+        m, series = self._m, self.series
+        series(m.requests, str(status)).inc()
+        series(m.duration).observe(time.perf_counter() - self._start)
+        self._in_flight.dec()
 
 
 def attach(scope: Scope, recorder: RequestMetrics) -> None:

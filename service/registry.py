@@ -116,12 +116,15 @@ def check_servable(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _stamp(folder: Path) -> tuple[tuple[int, int], ...]:
+Stamp = tuple[tuple[int, int], ...]
+
+
+def _stamp(files: tuple[str, ...]) -> Stamp:
     """(mtime, size) of an adapter's files; (0, -1) for a missing one."""
     stamps = []
-    for file in (MANIFEST, CONFIG, WEIGHTS):
+    for file in files:
         try:
-            stat = (folder / file).stat()
+            stat = os.stat(file)
         except FileNotFoundError:
             stamps.append((0, -1))
         else:
@@ -138,8 +141,10 @@ class Registry:
         self._lock = threading.Lock()
         self._aliases: dict[str, dict[str, Any]] = {}
         self._aliases_mtime: float | None = None
-        # folder -> (its files' stamps, the adapter checked against them): checks once per version
-        self._checked: dict[Path, tuple[tuple[tuple[int, int], ...], Adapter]] = {}
+        # (name, version) -> its files, and the adapter checked against their stamps: checks once per version
+        self._files: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._checked: dict[tuple[str, int], tuple[Stamp, Adapter]] = {}
+        self._aliases_path = str(root / "aliases.json")
 
     # -- adapters ------------------------------------------------------------
     def _folder(self, name: str, version: int) -> Path:
@@ -192,11 +197,17 @@ class Registry:
         Requests call this on every use; while the files' sizes and mtimes are unchanged the
         checks (a manifest parse, a safetensors header read, a sha256) are not repeated.
         """
-        folder = self._folder(name, version)
-        stamp = _stamp(folder)
-        checked = self._checked.get(folder)
+        key = (name, version)
+        files = self._files.get(key)
+        if files is None:  # strings made once: building Paths costs more than the stat calls
+            files = self._files[key] = tuple(
+                str(self._folder(name, version) / f) for f in (MANIFEST, CONFIG, WEIGHTS)
+            )
+        stamp = _stamp(files)
+        checked = self._checked.get(key)
         if checked is not None and checked[0] == stamp:
             return checked[1]
+        folder = self._folder(name, version)
         if not (folder / MANIFEST).is_file():
             raise AdapterRejected(f"no adapter {name}@{version} in the registry")
         manifest = AdapterManifest.model_validate_json((folder / MANIFEST).read_text())
@@ -208,7 +219,7 @@ class Registry:
         if sha256_of(folder / WEIGHTS) != manifest.sha256:
             raise AdapterRejected(f"{manifest.ref}: the weights' sha256 does not match the manifest")
         adapter = Adapter(manifest, folder)
-        self._checked[folder] = (stamp, adapter)
+        self._checked[key] = (stamp, adapter)
         return adapter
 
     def versions(self, name: str) -> list[Adapter]:
@@ -239,7 +250,7 @@ class Registry:
     def _read_aliases(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             try:
-                mtime = self._aliases_file.stat().st_mtime_ns
+                mtime = os.stat(self._aliases_path).st_mtime_ns
             except FileNotFoundError:
                 self._aliases, self._aliases_mtime = {}, None
                 return {}
