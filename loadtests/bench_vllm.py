@@ -14,7 +14,8 @@ in alternating rounds after a warm-up of each, so that both see the same machine
 paired probe (one-token requests, one at a time, gateway and direct in turn) isolates what
 the gateway adds to each request from the noise of a loaded machine, and reads the gateway
 process's CPU time per request from /proc. The probe runs again with ``instant_upstream`` (a
-stand-in that answers at once) in vLLM's place: what the gateway adds there is its own work. Then
+stand-in that answers at once) in vLLM's place: what the gateway adds there is its own work; and
+once more with the gateway on a core of its own, away from the client and the stand-in. Then
 the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
 tokens/s over each round, per-request latency (start to last byte) and time to first token.
 """
@@ -37,7 +38,7 @@ import httpx
 from tqdm import tqdm
 
 from loadtests.bench_engine import PROMPTS, machine
-from loadtests.probe import Probe, cpu_seconds, per_request_ms, percentile
+from loadtests.probe import Probe, cpu_seconds, own_core, per_request_ms, percentile
 from loadtests.vllm_server import start_cpu_vllm
 from service.model_store import prepare_model
 
@@ -261,8 +262,12 @@ def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
     return rounds, probe, via
 
 
-def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: str) -> Probe:
-    """The paired probe again, with ``instant_upstream`` in vLLM's place: the gateway's own cost."""
+def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: str) -> list[Probe]:
+    """The paired probe again, with ``instant_upstream`` in vLLM's place: the gateway's own cost.
+
+    Twice, on hosts with two CPUs or more: as the processes fall, then with the gateway on a
+    core of its own (``own_core``).
+    """
     upstream = f"http://127.0.0.1:{args.vllm_port}"
     with (root / "instant.log").open("wb") as log:
         command = [sys.executable, "-m", "loadtests.instant_upstream", str(args.vllm_port)]
@@ -281,7 +286,17 @@ def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: st
         asyncio.run(paired_probe(via, direct, 30, gateway.pid, tqdm(disable=True)))  # warm-up
         with tqdm(total=args.instant_pairs, desc="instant upstream", unit="pair") as bar:
             probe = paired_probe(via, direct, args.instant_pairs, gateway.pid, bar, stand_in.pid)
-            return asyncio.run(probe)
+            probes = [asyncio.run(probe)]
+        if len(os.sched_getaffinity(0)) >= 2:
+            with (
+                own_core(gateway.pid, stand_in.pid),
+                tqdm(
+                    total=args.instant_pairs, desc="instant upstream, gateway on its own core", unit="pair"
+                ) as bar,
+            ):
+                probe = paired_probe(via, direct, args.instant_pairs, gateway.pid, bar, stand_in.pid)
+                probes.append(asyncio.run(probe))
+        return probes
     finally:
         if gateway is not None:
             stop(gateway)
@@ -320,7 +335,9 @@ def main(args: argparse.Namespace) -> None:
     rounds, probe, via = bench_vllm(args, root, model_dir, key)
     figures = probe.report("paired probe, one-token requests one at a time (target p50 < 2 ms)")
     instant = bench_instant(args, root, model_dir, key)
-    figures["instant_upstream"] = instant.report("the same probe, an upstream that answers at once")
+    figures["instant_upstream"] = instant[0].report("the same probe, an upstream that answers at once")
+    if len(instant) > 1:
+        figures["instant_upstream_own_core"] = instant[1].report("the same, the gateway on a core of its own")
     if args.embedded_rounds:
         rounds[EMBEDDED] = bench_embedded(args, root, model_dir, via)
     summary = {name: summarise(rs) for name, rs in rounds.items()}

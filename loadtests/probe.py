@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +56,28 @@ def per_request_ms(pid: int, before: tuple[float, float], requests: int) -> tupl
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@contextmanager
+def own_core(gateway_pid: int, *others: int) -> Iterator[None]:
+    """The gateway's threads on the last CPU; this process and ``others`` on the rest.
+
+    As in production, where the gateway does not share its cores with the load generator
+    and the model server: on a small host, without this, the probe also measures how
+    often they preempt the gateway. This process's own CPUs are restored after.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = set(cpus)
+    for pid in others:
+        _pin(pid, set(cpus[:-1]))
+    _pin(gateway_pid, {cpus[-1]})
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    for thread in os.listdir(f"/proc/{pid}/task"):  # every thread: the affinity of one is its own
+        os.sched_setaffinity(int(thread), cpus)
