@@ -111,7 +111,15 @@ def serve(settings: Settings) -> None:
     print(
         f'Try: OPENAI_BASE_URL={base_url} OPENAI_API_KEY=<key> python -c "import openai; ..."\n', flush=True
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # Above info, uvicorn would still format every access line's fields only to drop the line.
+    access_log = settings.log_level in ("debug", "info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=access_log,
+    )
 
 
 def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

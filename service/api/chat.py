@@ -120,19 +120,32 @@ class ClientDisconnected(LoragateError):
 
 
 async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Run ``work``; if the client goes away first, cancel it (which aborts the engine request)."""
-    task = asyncio.ensure_future(work)
+    """Run ``work`` in this task; if the client goes away first, cancel it (which aborts the engine request).
+
+    One watcher task per request, not a task for the work as well: a task costs more than all the
+    bookkeeping this route does for the request.
+    """
+    this = asyncio.current_task()
+    assert this is not None
+    watching, gone = True, False
+
+    def on_disconnect(watcher: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if watching and not watcher.cancelled() and watcher.exception() is None:
+            gone = True
+            this.cancel()
+
     watcher = asyncio.ensure_future(_disconnect(receive))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone and this.uncancel() == 0:  # our cancel, no one else's: the client left
+            raise ClientDisconnected("The client closed the connection.") from None
+        raise
     finally:
+        watching = False  # a callback already scheduled must not cancel what runs next
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)  # its cleanup runs before we go on
-    if task.cancelled():
-        raise ClientDisconnected("The client closed the connection.")
-    return task.result()
 
 
 async def _disconnect(receive: Receive) -> None:
