@@ -14,8 +14,8 @@ in alternating rounds after a warm-up of each, so that both see the same machine
 paired probe (one-token requests, one at a time, gateway and direct in turn) isolates what
 the gateway adds to each request from the noise of a loaded machine, and reads the gateway
 process's CPU time per request from /proc. The probe runs again with ``instant_upstream`` (a
-stand-in that answers at once) in vLLM's place: what the gateway adds there is its own work; and
-once more with the gateway on a core of its own, away from the client and the stand-in. Then
+stand-in that answers at once) in vLLM's place: what the gateway adds there is its own work
+(``bench_instant.py``, beside a bare relay for scale, each also on a core of its own). Then
 the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
 tokens/s over each round, per-request latency (start to last byte) and time to first token.
 """
@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ import httpx
 from tqdm import tqdm
 
 from loadtests.bench_engine import PROMPTS, machine
-from loadtests.probe import Probe, cpu_seconds, own_core, per_request_ms, percentile
+from loadtests.probe import Probe, cpu_seconds, per_request_ms, percentile
 from loadtests.vllm_server import start_cpu_vllm
 from service.model_store import prepare_model
 
@@ -262,47 +261,6 @@ def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
     return rounds, probe, via
 
 
-def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: str) -> list[Probe]:
-    """The paired probe again, with ``instant_upstream`` in vLLM's place: the gateway's own cost.
-
-    Twice, on hosts with two CPUs or more: as the processes fall, then with the gateway on a
-    core of its own (``own_core``).
-    """
-    upstream = f"http://127.0.0.1:{args.vllm_port}"
-    with (root / "instant.log").open("wb") as log:
-        command = [sys.executable, "-m", "loadtests.instant_upstream", str(args.vllm_port)]
-        stand_in = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    gateway = None
-    try:
-        wait_for(f"{upstream}/health", stand_in)
-        gateway_args = ["--engine", "vllm", "--upstream", upstream]
-        gateway = start_gateway(
-            root, args.gateway_port, gateway_args, model_dir, root / "gateway-instant.log"
-        )
-        via = Target(VIA, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions",
-                     {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, MODEL), True)  # fmt: skip
-        direct = Target(DIRECT, f"{upstream}/v1/chat/completions", {},
-                        {"plain": MODEL, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
-        asyncio.run(paired_probe(via, direct, 30, gateway.pid, tqdm(disable=True)))  # warm-up
-        with tqdm(total=args.instant_pairs, desc="instant upstream", unit="pair") as bar:
-            probe = paired_probe(via, direct, args.instant_pairs, gateway.pid, bar, stand_in.pid)
-            probes = [asyncio.run(probe)]
-        if len(os.sched_getaffinity(0)) >= 2:
-            with (
-                own_core(gateway.pid, stand_in.pid),
-                tqdm(
-                    total=args.instant_pairs, desc="instant upstream, gateway on its own core", unit="pair"
-                ) as bar,
-            ):
-                probe = paired_probe(via, direct, args.instant_pairs, gateway.pid, bar, stand_in.pid)
-                probes.append(asyncio.run(probe))
-        return probes
-    finally:
-        if gateway is not None:
-            stop(gateway)
-        stop(stand_in)
-
-
 def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -334,10 +292,14 @@ def main(args: argparse.Namespace) -> None:
     print(f"{machine()}\nstarting vLLM (30-70 s) and the gateway; logs in {root}")
     rounds, probe, via = bench_vllm(args, root, model_dir, key)
     figures = probe.report("paired probe, one-token requests one at a time (target p50 < 2 ms)")
+    from loadtests.bench_instant import bench_instant  # it builds on this module
+
     instant = bench_instant(args, root, model_dir, key)
-    figures["instant_upstream"] = instant[0].report("the same probe, an upstream that answers at once")
-    if len(instant) > 1:
-        figures["instant_upstream_own_core"] = instant[1].report("the same, the gateway on a core of its own")
+    titles = ("the same probe, an upstream that answers at once", "the same, on a core of its own")
+    for name, probes in instant.items():
+        print(f"{name}:" if name == "gateway" else "for scale, a bare relay (loadtests/floor_relay.py):")
+        for title, probe, suffix in zip(titles, probes, ("", "_own_core"), strict=False):
+            figures[f"instant_upstream_{name}{suffix}"] = probe.report(f"  {title}")
     if args.embedded_rounds:
         rounds[EMBEDDED] = bench_embedded(args, root, model_dir, via)
     summary = {name: summarise(rs) for name, rs in rounds.items()}

@@ -1,0 +1,85 @@
+"""The gateway's own cost: the paired probe with ``instant_upstream`` (answers at once) in vLLM's place.
+
+Part of ``make bench`` (``loadtests/bench_vllm.py``). Whatever the gateway adds in front of an
+upstream that does no work is the gateway's own. For scale, ``floor_relay`` (a bare relay with
+none of the gateway's work) is probed the same way in the same run. Each is probed twice on
+hosts with two CPUs or more: as the processes fall, then on a core of its own (``own_core``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from loadtests.bench_vllm import (
+    DEPARTMENTS,
+    DIRECT,
+    MODEL,
+    VIA,
+    Target,
+    paired_probe,
+    start_gateway,
+    stop,
+    wait_for,
+)
+from loadtests.probe import Probe, own_core
+
+FLOOR = "floor relay"
+
+
+def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: str) -> dict[str, list[Probe]]:
+    """``{"gateway": probes, "floor": probes}``: unpinned first, then on a core of its own."""
+    upstream = f"http://127.0.0.1:{args.vllm_port}"
+    processes: list[subprocess.Popen] = []
+    try:
+        stand_in = _spawn(root / "instant.log", "loadtests.instant_upstream", str(args.vllm_port))
+        processes.append(stand_in)
+        wait_for(f"{upstream}/health", stand_in)
+        direct = Target(DIRECT, f"{upstream}/v1/chat/completions", {},
+                        {"plain": MODEL, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
+        gateway_args = ["--engine", "vllm", "--upstream", upstream]
+        gateway = start_gateway(
+            root, args.gateway_port, gateway_args, model_dir, root / "gateway-instant.log"
+        )
+        processes.append(gateway)
+        via = Target(VIA, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions",
+                     {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, MODEL), True)  # fmt: skip
+        probes = {"gateway": _probe(via, direct, gateway, stand_in, args.instant_pairs)}
+        stop(processes.pop())
+        relay = _spawn(root / "floor.log", "loadtests.floor_relay", str(args.gateway_port), upstream)
+        processes.append(relay)
+        wait_for(f"http://127.0.0.1:{args.gateway_port}/health", relay)
+        floor = Target(
+            FLOOR, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions", {}, direct.models, False
+        )
+        probes["floor"] = _probe(floor, direct, relay, stand_in, args.instant_pairs)
+        return probes
+    finally:
+        for process in reversed(processes):
+            stop(process)
+
+
+def _spawn(log: Path, module: str, *argv: str) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *argv], stdout=out, stderr=subprocess.STDOUT)
+
+
+def _probe(
+    via: Target, direct: Target, relay: subprocess.Popen, stand_in: subprocess.Popen, pairs: int
+) -> list[Probe]:
+    asyncio.run(paired_probe(via, direct, 30, relay.pid, tqdm(disable=True)))  # warm-up
+    with tqdm(total=pairs, desc=f"{via.name}, instant upstream", unit="pair") as bar:
+        probes = [asyncio.run(paired_probe(via, direct, pairs, relay.pid, bar, stand_in.pid))]
+    if len(os.sched_getaffinity(0)) >= 2:
+        with (
+            own_core(relay.pid, stand_in.pid),
+            tqdm(total=pairs, desc=f"{via.name}, own core", unit="pair") as bar,
+        ):
+            probes.append(asyncio.run(paired_probe(via, direct, pairs, relay.pid, bar, stand_in.pid)))
+    return probes
