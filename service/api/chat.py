@@ -6,7 +6,8 @@ Response objects, a task group per streamed response. Together they cost more CP
 request than everything else the gateway does (BENCHMARKS.md). Its own stack gives it
 what the other routes get from theirs: request ids, the body limit and OpenAI error
 envelopes (``GatewayMiddleware``), and metrics (``MetricsMiddleware``). FastAPI documents
-it in openapi.json (``document``) from the same pydantic models."""
+it in openapi.json (``document``) from the same pydantic models.
+"""
 
 from __future__ import annotations
 
