@@ -144,7 +144,7 @@ class Registry:
         # (name, version) -> its files, and the adapter checked against their stamps: checks once per version
         self._files: dict[tuple[str, int], tuple[str, ...]] = {}
         self._checked: dict[tuple[str, int], tuple[Stamp, Adapter]] = {}
-        self._aliases_path = str(root / "aliases.json")
+        self._aliases_file = root / "aliases.json"
 
     # -- adapters ------------------------------------------------------------
     def _folder(self, name: str, version: int) -> Path:
@@ -239,10 +239,6 @@ class Registry:
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     # -- aliases -------------------------------------------------------------
-    @property
-    def _aliases_file(self) -> Path:
-        return self.root / "aliases.json"
-
     def aliases(self) -> dict[str, str]:
         """alias -> "name@version", re-read when the file changed."""
         return {alias: entry["current"] for alias, entry in self._read_aliases().items()}
@@ -250,7 +246,7 @@ class Registry:
     def _read_aliases(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             try:
-                mtime = os.stat(self._aliases_path).st_mtime_ns
+                mtime = os.stat(self._aliases_file).st_mtime_ns
             except FileNotFoundError:
                 self._aliases, self._aliases_mtime = {}, None
                 return {}

@@ -104,10 +104,10 @@ async def stream_events(
         await events.aclose()  # type: ignore[attr-defined]
 
 
-async def send_json(send: Send, content: Any, headers: dict[str, str], status: int = 200) -> None:
+async def send_json(send: Send, content: Any, headers: dict[str, str]) -> None:
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
     head = {"content-type": "application/json", "content-length": str(len(body)), **headers}
-    await send({"type": "http.response.start", "status": status, "headers": _raw(head)})
+    await send({"type": "http.response.start", "status": 200, "headers": _raw(head)})
     await send({"type": "http.response.body", "body": body})
 
 
