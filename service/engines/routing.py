@@ -31,6 +31,7 @@ class Replica:
     picks: int = 0  # breaks ties between equally busy replicas, round-robin
     base_model: str | None = None  # the name vLLM serves the base model under
     max_model_len: int = 0
+    gauges: dict[str, int] = field(default_factory=dict)  # vLLM's running/waiting counts, as last read
     adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)  # held; least recent first
     users: Counter[str] = field(default_factory=Counter)  # in-flight requests per adapter
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # one load at a time per adapter

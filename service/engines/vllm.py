@@ -18,6 +18,10 @@
   loop takes dead replicas out and brings them back, re-reading what they hold
   (a restarted vLLM holds nothing). A connection failure before the first byte is
   retried on another replica.
+- vLLM's own running/waiting counts are read from each replica's /metrics in the
+  background, beside the health checks, and ``health()`` answers from what was last
+  read: a vLLM that streams on a loaded host can take many seconds to answer /metrics,
+  and neither ``/ready`` nor a scrape of the gateway's /metrics may wait for it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
 _GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
 MISSES_TO_DOWN = 3  # health checks in a row without an answer in time before a replica is taken out
+GAUGES_TIMEOUT = 30.0  # vLLM's /metrics, read in the background: late is better than nothing
 
 
 class VllmEngine:
@@ -105,10 +110,22 @@ class VllmEngine:
         """One round of health checks (the loop runs it every ``health_interval`` seconds)."""
         await asyncio.gather(*(self._check(r) for r in self.router.replicas))
 
+    async def read_gauges(self) -> None:
+        """One round of reading vLLM's running/waiting counts (the loop starts one per check)."""
+        await asyncio.gather(*(self._read_gauges(r) for r in self.router.up()))
+
     async def _health_loop(self) -> None:
-        while True:
-            await self.check_replicas()
-            await asyncio.sleep(self._health_interval)
+        gauges: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await self.check_replicas()
+                if gauges is None or gauges.done():  # a slow /metrics holds up no health check
+                    gauges = asyncio.create_task(self.read_gauges(), name="loragate-vllm-gauges")
+                await asyncio.sleep(self._health_interval)
+        finally:
+            if gauges is not None:
+                gauges.cancel()
+                await asyncio.gather(gauges, return_exceptions=True)
 
     async def _check(self, replica: Replica) -> None:
         """Refused connections take a replica out at once; slow answers only ``MISSES_TO_DOWN`` in a row.
@@ -148,6 +165,7 @@ class VllmEngine:
         base = next(m for m in models if not m.get("parent"))
         replica.base_model = base["id"]
         replica.max_model_len = int(base.get("max_model_len") or 0)
+        replica.gauges = {}
         replica.adapters.clear()
         replica.adapters.update((m["id"], None) for m in models if m.get("parent") and m["id"] in self._paths)
         lengths = [r.max_model_len for r in self.router.replicas if r.max_model_len]
@@ -156,9 +174,9 @@ class VllmEngine:
     async def health(self) -> EngineHealth:
         up = self.router.up()
         counts = {"running": 0, "waiting": 0}
-        for gauges in await asyncio.gather(*(self._gauges(r) for r in up)):
-            for key, value in gauges.items():
-                counts[key] += value
+        for replica in up:
+            for key in counts:
+                counts[key] += replica.gauges.get(key, 0)
         extra: dict[str, object] = {"replicas_up": len(up), "replicas": len(self.router.replicas), **counts}
         if up:
             return EngineHealth(True, "ready", extra)
@@ -167,18 +185,19 @@ class VllmEngine:
             return EngineHealth(False, f"vLLM is starting (restarts so far: {restarts})", extra)
         return EngineHealth(False, "no vLLM replica answers", extra)
 
-    async def _gauges(self, replica: Replica) -> dict[str, int]:
-        """vLLM's own running/waiting request counts, from its /metrics."""
+    async def _read_gauges(self, replica: Replica) -> None:
         try:
-            text = (await self._http.get(f"{replica.url}/metrics", timeout=2.0)).text
-        except httpx.HTTPError:
-            return {"running": replica.inflight, "waiting": 0}
+            text = (await self._http.get(f"{replica.url}/metrics", timeout=GAUGES_TIMEOUT)).text
+        except httpx.HTTPError as exc:
+            log.debug("replica %s: no /metrics (%s); counting the gateway's own requests", replica.name, exc)
+            replica.gauges = {"running": replica.inflight}
+            return
         counts = {"running": 0, "waiting": 0}
         for line in text.splitlines():
             name = line.split("{", 1)[0].split(" ", 1)[0]
             if name in _GAUGES:
                 counts[_GAUGES[name]] += int(float(line.rsplit(" ", 1)[1]))
-        return counts
+        replica.gauges = counts
 
     # -- adapters --------------------------------------------------------------
     async def ensure_adapter(self, name: str, path: Path) -> None:

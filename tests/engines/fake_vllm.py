@@ -66,6 +66,7 @@ class FakeVllm:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     bodies: list[Body] = field(default_factory=list)
     running: int = 0
+    metrics_gate: asyncio.Event | None = None  # /metrics answers once set, as a vLLM busy streaming
 
     def paths(self) -> list[str]:
         return [path for path, _ in self.calls]
@@ -84,6 +85,8 @@ class FakeVllm:
                 raise httpx.ReadTimeout("timed out", request=request)
             return httpx.Response(200)
         if path == "/metrics":
+            if self.metrics_gate is not None:
+                await self.metrics_gate.wait()
             return httpx.Response(200, text=f'vllm:num_requests_running{{engine="0"}} {self.running}.0\n')
         if path == "/v1/models":
             models = [{"id": self.base, "parent": None, "max_model_len": 2048}]

@@ -313,5 +313,30 @@ async def test_health_reports_vllms_own_request_counts() -> None:
     cluster = Cluster(2)
     cluster[0].running, cluster[1].running = 2, 3
     engine = await engine_on(cluster)
+    await engine.read_gauges()  # what the health loop starts beside each round of checks
     health = await engine.health()
     assert health.ready and health.extra["running"] == 5 and health.extra["replicas"] == 2
+
+
+async def test_health_answers_from_the_last_counts_while_metrics_is_slow() -> None:
+    cluster = Cluster(1)
+    cluster[0].running = 2
+    engine = await engine_on(cluster)
+    await engine.read_gauges()
+    cluster[0].running, cluster[0].metrics_gate = 7, asyncio.Event()
+    reading = asyncio.create_task(engine.read_gauges())
+    assert (await asyncio.wait_for(engine.health(), 1)).extra["running"] == 2
+    cluster[0].metrics_gate.set()
+    await reading
+    assert (await engine.health()).extra["running"] == 7
+
+
+async def test_a_hanging_metrics_endpoint_holds_up_no_health_check() -> None:
+    cluster = Cluster(1)
+    cluster[0].metrics_gate = asyncio.Event()  # never answers
+    engine = await engine_on(cluster, health_interval=0.01)
+    await engine.start()
+    await asyncio.sleep(0.3)
+    await engine.close()
+    assert cluster[0].paths().count("/metrics") == 1
+    assert cluster[0].paths().count("/health") >= 5
