@@ -5,6 +5,7 @@ Pure functions, so the unit tests can script every case without a server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from ..errors import (
     ModelNotFoundError,
 )
 from .base import Delta, FinishReason, GenerationRequest
+
+BURST = 8  # events relayed in a row before others get the event loop (the last chunks of an answer fit)
 
 
 class UpstreamError(LoragateError):
@@ -151,12 +154,22 @@ class ChunkReader:
 
 
 async def data_lines(stream: AsyncIterable[bytes]) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a server-sent event stream, however its bytes were split."""
+    """The ``data:`` payloads of a server-sent event stream, however its bytes were split.
+
+    Many events in one read mean the upstream is ahead of the gateway. Reads and sends then
+    complete without suspending, and one stream would hold the event loop while the others
+    wait; so every ``BURST`` events of a read, it lets the loop run.
+    """
     pending = b""
     async for chunk in stream:
         *lines, pending = (pending + chunk).split(b"\n")
+        in_a_row = 0
         for line in lines:
             if line.startswith(b"data:"):
+                if in_a_row == BURST:
+                    await asyncio.sleep(0)
+                    in_a_row = 0
+                in_a_row += 1
                 yield line[5:].strip().decode()
     if pending.startswith(b"data:"):  # a last line without its newline
         yield pending[5:].strip().decode()

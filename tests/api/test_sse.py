@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
 import pytest
 
-from service.engines.vllm_wire import data_lines
+from service.engines.vllm_wire import BURST, data_lines
 from service.protocol import ChatCompletionChunk
 from service.sse import ChunkEvents, event
 
@@ -65,3 +66,20 @@ async def test_data_lines_survive_any_split(size: int) -> None:
 
 async def test_a_last_line_without_its_newline_is_read() -> None:
     assert [line async for line in data_lines(_split(b"data: [DONE]", 4))] == ["[DONE]"]
+
+
+async def test_a_backlog_lets_other_requests_run_between_its_events() -> None:
+    ticks = 0
+
+    async def another_request() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(another_request())
+    await asyncio.sleep(0)
+    backlog = b"".join(b"data: %d\n\n" % i for i in range(50))  # one read, as from a server far ahead
+    seen = [ticks async for _ in data_lines(_split(backlog, len(backlog)))]
+    other.cancel()
+    assert seen[-1] - seen[0] >= 49 // BURST  # the other task ran every BURST events
