@@ -4,6 +4,7 @@ Part of ``make bench`` (``loadtests/bench_vllm.py``). Whatever the gateway adds 
 upstream that does no work is the gateway's own. For scale, ``floor_relay`` (a bare relay with
 none of the gateway's work) is probed the same way in the same run. Each is probed twice on
 hosts with two CPUs or more: as the processes fall, then on a core of its own (``own_core``).
+After the gateway's probes, ``bench_fairness`` checks that one fast stream does not hold up the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from loadtests.bench_fairness import fairness
 from loadtests.bench_vllm import (
     DEPARTMENTS,
     DIRECT,
@@ -33,8 +35,11 @@ from loadtests.probe import Probe, own_core
 FLOOR = "floor relay"
 
 
-def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: str) -> dict[str, list[Probe]]:
-    """``{"gateway": probes, "floor": probes}``: unpinned first, then on a core of its own."""
+def bench_instant(
+    args: argparse.Namespace, root: Path, model_dir: Path, key: str
+) -> tuple[dict[str, list[Probe]], dict[str, float]]:
+    """``{"gateway": probes, "floor": probes}`` (unpinned first, then on a core of its own), and
+    the gateway's ``bench_fairness`` figures."""
     upstream = f"http://127.0.0.1:{args.vllm_port}"
     processes: list[subprocess.Popen] = []
     try:
@@ -51,6 +56,7 @@ def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: st
         via = Target(VIA, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions",
                      {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, MODEL), True)  # fmt: skip
         probes = {"gateway": _probe(via, direct, gateway, stand_in, args.instant_pairs)}
+        fair = fairness(via)
         stop(processes.pop())
         relay = _spawn(root / "floor.log", "loadtests.floor_relay", str(args.gateway_port), upstream)
         processes.append(relay)
@@ -59,7 +65,7 @@ def bench_instant(args: argparse.Namespace, root: Path, model_dir: Path, key: st
             FLOOR, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions", {}, direct.models, False
         )
         probes["floor"] = _probe(floor, direct, relay, stand_in, args.instant_pairs)
-        return probes
+        return probes, fair
     finally:
         for process in reversed(processes):
             stop(process)

@@ -294,7 +294,7 @@ def main(args: argparse.Namespace) -> None:
     figures = probe.report("paired probe, one-token requests one at a time (target p50 < 2 ms)")
     from loadtests.bench_instant import bench_instant  # it builds on this module
 
-    instant = bench_instant(args, root, model_dir, key)
+    instant, figures["fairness"] = bench_instant(args, root, model_dir, key)
     titles = ("the same probe, an upstream that answers at once", "the same, on a core of its own")
     for name, probes in instant.items():
         print(f"{name}:" if name == "gateway" else "for scale, a bare relay (loadtests/floor_relay.py):")

@@ -1,4 +1,4 @@
-"""A stand-in for vLLM that answers at once: one token per request, for the gateway's own cost.
+"""A stand-in for vLLM that answers at once (all ``max_tokens`` tokens), for the gateway's own cost.
 
     .venv/bin/python -m loadtests.instant_upstream PORT
 
@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 MODEL = "SmolLM2-135M-Instruct"
+BATCH = 64  # tokens per write when a request asks for many
 
 
 def _event(payload: object) -> str:
@@ -35,18 +36,20 @@ def _chunk(model: str, delta: dict[str, str], finish: str | None = None) -> str:
 
 
 async def chat(request: Request) -> Response:
-    model = (await request.json())["model"]
+    body = await request.json()
+    model, tokens = body["model"], body.get("max_tokens") or 1
 
-    async def one_token() -> AsyncIterator[str]:
+    async def all_at_once() -> AsyncIterator[str]:
         yield _chunk(model, {"role": "assistant", "content": ""})
-        yield _chunk(model, {"content": "Hi"})
+        token = _chunk(model, {"content": "Hi"})
+        for sent in range(0, tokens, BATCH):  # as fast as the socket takes them
+            yield token * min(BATCH, tokens - sent)
         yield _chunk(model, {}, "length")
-        yield _event(
-            {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
-        )
+        usage = {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": tokens + 5}
+        yield _event({"choices": [], "usage": usage})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(one_token(), media_type="text/event-stream")
+    return StreamingResponse(all_at_once(), media_type="text/event-stream")
 
 
 async def models(_: Request) -> Response:
