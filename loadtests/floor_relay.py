@@ -2,10 +2,10 @@
 
     .venv/bin/python -m loadtests.floor_relay PORT UPSTREAM_URL
 
-A raw ASGI app on uvicorn that passes each request to ``UPSTREAM_URL`` + its path through one
-aiohttp session and streams the answer's bytes back as they come: no authentication, no
-validation, no routing, no SSE parsing, no metrics. The benchmark probes it beside the gateway,
-with the same stand-in upstream behind both.
+A raw ASGI app on uvicorn that passes each request to ``UPSTREAM_URL`` + its path through the
+gateway's own HTTP/1.1 transport (``service/engines/http1.py``) and streams the answer's bytes
+back as they come: no authentication, no validation, no routing, no SSE parsing, no metrics.
+The benchmark probes it beside the gateway, with the same stand-in upstream behind both.
 """
 
 from __future__ import annotations
@@ -13,37 +13,46 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import aiohttp
+import httpx
 import uvicorn
 
-UPSTREAM = ""  # set from the command line
-session: aiohttp.ClientSession | None = None
+from service.engines.http1 import Http1Transport, request_head
+
+UPSTREAM = httpx.URL("http://127.0.0.1")  # set from the command line
+TIMEOUTS = httpx.Timeout(30.0).as_dict()
+transport = Http1Transport()
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    global session
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    if session is None:
-        session = aiohttp.ClientSession()
     body, more = b"", True
     while more:
         message = await receive()
         body, more = body + message.get("body", b""), message.get("more_body", False)
-    headers = {"content-type": "application/json"}
-    async with session.request(
-        scope["method"], UPSTREAM + scope["path"], data=body, headers=headers
-    ) as upstream:
-        head = [(b"content-type", upstream.headers.get("content-type", "text/plain").encode())]
-        await send({"type": "http.response.start", "status": upstream.status, "headers": head})
-        async for chunk in upstream.content.iter_any():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    headers = [
+        (b"host", UPSTREAM.netloc),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    head = request_head(scope["method"], scope["path"].encode(), headers)
+    answer = await transport.exchange((UPSTREAM.host, UPSTREAM.port or 80), head + body, TIMEOUTS)
+    content_type = next((v for k, v in answer.headers if k.lower() == b"content-type"), b"text/plain")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status_code,
+            "headers": [(b"content-type", content_type)],
+        }
+    )
+    async for chunk in answer.stream:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 
 if __name__ == "__main__":
-    UPSTREAM = sys.argv[2].rstrip("/")
+    UPSTREAM = httpx.URL(sys.argv[2].rstrip("/"))
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)

@@ -1,4 +1,4 @@
-"""The vLLM backend's real HTTP client (httpx over aiohttp) against a live stand-in server.
+"""The vLLM backend's real HTTP client (httpx over ``http1``) against a live stand-in server.
 
 The MockTransport tests script vLLM's answers; these check what only real sockets show:
 the connection is reused between requests, a closed stream closes it (so vLLM aborts),

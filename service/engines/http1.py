@@ -1,0 +1,324 @@
+"""An httpx transport for plain HTTP/1.1 on asyncio, with httptools' C parser: the vLLM hop's client.
+
+The gateway relays every chat request to vLLM, so the client's own cost per request is added
+to every answer. CPU per request on this project's 2-vCPU host, one-token streams one after
+another from a bare upstream, through httpx's Request and Response: httpcore (httpx's own)
+0.95-1.08 ms, aiohttp 0.44-0.59 ms, this transport 0.27-0.32 ms, and 0.23 ms by ``exchange``,
+which the vLLM backend's chat requests use (BENCHMARKS.md). It is small because the vLLM hop
+needs little of a general client: plain ``http`` to a few known servers, bodies in memory,
+answers read as they come. What it does:
+
+- keeps connections alive per server, up to ``max_connections`` requests at once (then waits,
+  up to the pool timeout), idle ones dropped after ``keepalive_expiry`` or when the server
+  closes them;
+- a kept-alive connection the server closed before answering is retried once on a new one;
+  a new one that gets no answer is ``httpx.RemoteProtocolError`` (nothing was processed:
+  the backend retries it on another replica, like a refused connection);
+- connect and read timeouts (``httpx.ConnectTimeout``, ``httpx.ReadTimeout``); a break in the
+  middle of an answer is ``httpx.ReadError``;
+- the answer is read as it arrives, and the server is held back (reading paused) when the
+  reader falls behind by more than ``HIGH_WATER`` bytes;
+- closing an unfinished answer closes its connection: the server sees the client leave
+  (vLLM aborts the request). A finished one goes back to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import cast
+
+import httptools
+import httpx
+
+HIGH_WATER = 256 * 1024  # bytes read ahead of the reader before the server is held back
+
+
+class Http1Transport(httpx.AsyncBaseTransport):
+    def __init__(self, max_connections: int = 1024, keepalive_expiry: float = 15.0):
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._slots: asyncio.Semaphore | None = None  # made on first use, in the loop that runs it
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._open: set[_Connection] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme != "http" or request.method == "HEAD":
+            raise httpx.UnsupportedProtocol(f"Plain-HTTP requests with a body only, not {url}.")
+        content = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
+        message = request_head(request.method, url.raw_path, request.headers.raw) + content
+        timeouts = request.extensions.get("timeout", {})
+        answer = await self.exchange((url.host, url.port or 80), message, timeouts)
+        return httpx.Response(
+            answer.status_code,
+            headers=answer.headers,
+            stream=answer,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def exchange(
+        self, origin: tuple[str, int], message: bytes, timeouts: Mapping[str, float | None]
+    ) -> Answer:
+        """Send ``message`` (a request's head and body, as ``request_head`` writes it) to ``origin``.
+
+        Returns once the answer's head is in. This is ``handle_async_request`` without httpx's
+        Request and Response objects, which cost about as much CPU as the exchange itself:
+        the vLLM backend's chat requests come here directly.
+        """
+        await self._acquire(timeouts.get("pool"))
+        connection = self._take_idle(origin)
+        try:
+            while True:
+                fresh = connection is None
+                if connection is None:
+                    connection = await self._connect(origin, timeouts.get("connect"))
+                try:
+                    await connection.send(message, timeouts.get("read"))
+                    break
+                except _NoAnswer:
+                    if fresh:
+                        raise httpx.RemoteProtocolError(
+                            f"{origin[0]}:{origin[1]} closed the connection without answering."
+                        ) from None
+                    connection = None  # a kept-alive connection the server had closed: once more, anew
+        except BaseException:  # a timeout, a cancelled request: the connection's state is unknown
+            if connection is not None:
+                connection.close()
+            self._slots.release()  # type: ignore[union-attr]
+            raise
+        return Answer(self, connection, timeouts.get("read"))
+
+    async def aclose(self) -> None:
+        for connection in list(self._open):
+            connection.close()
+        self._idle.clear()
+
+    async def _acquire(self, timeout: float | None) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_connections)
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: no wait, no timer
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError:
+            raise httpx.PoolTimeout(f"All {self._max_connections} connections stayed busy.") from None
+
+    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely to have been closed
+            if not connection.closed and now - connection.idle_since < self._keepalive_expiry:
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self, key: tuple[str, int], timeout: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(lambda: _Connection(self, key), *key)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"No connection to {key[0]}:{key[1]} in {timeout} s.") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"No connection to {key[0]}:{key[1]}: {exc}") from exc
+        self._open.add(connection)
+        return connection
+
+    def _release(self, connection: _Connection) -> None:
+        """The answer is over: its slot is free, and a connection that is still good is kept."""
+        self._slots.release()  # type: ignore[union-attr]
+        if connection.reusable():
+            connection.idle_since = time.monotonic()
+            self._idle.setdefault(connection.key, deque()).append(connection)
+        else:
+            connection.close()
+
+    def _forget(self, connection: _Connection) -> None:
+        self._open.discard(connection)
+        idle = self._idle.get(connection.key)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+
+class _NoAnswer(Exception):
+    """The connection closed before any byte of the answer came."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection: one request at a time, its answer parsed as it arrives."""
+
+    def __init__(self, pool: Http1Transport, key: tuple[str, int]):
+        self._pool = pool
+        self.key = key  # (host, port), as the pool knows it
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None  # set while a request is out
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self._answered = False  # a byte of the answer came
+        self._head_done = False
+        self._keep_alive = False
+        self.complete = False
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport's subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small writes leave at once
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None or self.complete:  # unasked for: no good for the next request
+            self.close()
+            return
+        self._answered = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._error = httpx.RemoteProtocolError(f"The server's answer is not HTTP/1.1: {exc}")
+            self.close()
+        if self._buffered > HIGH_WATER and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._parser is not None and not self.complete and self._error is None:
+            if not self._answered:
+                self._error = _NoAnswer()
+            else:
+                self._error = httpx.ReadError("The server closed the connection in the middle of the answer.")
+        self._pool._forget(self)
+        self._wake()
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        self.status = parser.get_status_code()
+        self._keep_alive = parser.should_keep_alive()  # here: the parser forgets it once the message ends
+        self._head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # -- the exchange --------------------------------------------------------------------
+    async def send(self, message: bytes, read_timeout: float | None) -> None:
+        """Send a request; return when the answer's status and headers are in."""
+        self._parser = httptools.HttpResponseParser(self)
+        self.status, self.headers, self._chunks, self._buffered = 0, [], [], 0
+        self._answered = self._head_done = self.complete = False
+        self._error = None
+        if self.closed:
+            raise _NoAnswer()
+        self.transport.write(message)  # type: ignore[union-attr]
+        while not self._head_done:
+            if self._error is not None:
+                raise self._error
+            await self._wait(read_timeout)
+
+    async def body(self, read_timeout: float | None) -> AsyncIterator[bytes]:
+        """The answer's body: what has arrived, each time something has."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks, self._buffered = [], 0
+                if self._paused:
+                    self._paused = False
+                    self.transport.resume_reading()  # type: ignore[union-attr]
+                yield chunk
+            elif self.complete:
+                return
+            elif self._error is not None:
+                raise self._error
+            else:
+                await self._wait(read_timeout)
+
+    def reusable(self) -> bool:
+        return self.complete and self._keep_alive and not self.closed and self._error is None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()  # type: ignore[union-attr]
+
+    async def _wait(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter, timeout)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(httpx.ReadTimeout(f"The server sent nothing for {timeout} s."))
+
+
+class Answer(httpx.AsyncByteStream):
+    """An answer whose status and headers are in; its body is read as it comes (``async for``).
+
+    Read to the end, its connection goes back to the pool; closed before that, the connection
+    is closed, and the server sees the client leave (vLLM aborts the request).
+    """
+
+    def __init__(self, pool: Http1Transport, connection: _Connection, read_timeout: float | None):
+        self._pool, self._connection, self._read_timeout = pool, connection, read_timeout
+        self.status_code = connection.status
+        self.headers = connection.headers
+        self._released = False
+
+    @property
+    def stream(self) -> Answer:
+        return self  # as ``httpx.Response.stream``
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._connection.body(self._read_timeout):
+            yield chunk
+        await self.aclose()  # read to the end: the connection goes back to the pool at once
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            if not self._connection.complete:
+                self._connection.close()
+            self._pool._release(self._connection)
+
+
+def request_head(method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A request's line and headers, up to the blank line that ends them (the body follows)."""
+    lines = [b"%s %s HTTP/1.1\r\n" % (method.encode(), target)]
+    lines += [b"%s: %s\r\n" % pair for pair in headers]
+    return b"".join(lines) + b"\r\n"
