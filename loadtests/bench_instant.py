@@ -5,6 +5,7 @@ upstream that does no work is the gateway's own. For scale, ``floor_relay`` (a b
 none of the gateway's work) is probed the same way in the same run. Each is probed twice on
 hosts with two CPUs or more: as the processes fall, then on a core of its own (``own_core``).
 After the gateway's probes, ``bench_fairness`` checks that one fast stream does not hold up the rest.
+Before them, ``bench_client`` sets the vLLM hop's HTTP client beside httpx's own.
 """
 
 from __future__ import annotations
@@ -13,39 +14,40 @@ import argparse
 import asyncio
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from loadtests.bench_client import bench_client
 from loadtests.bench_fairness import fairness
 from loadtests.bench_vllm import (
     DEPARTMENTS,
     DIRECT,
+    FLOOR,
     MODEL,
     VIA,
     Target,
     paired_probe,
+    spawn_module,
     start_gateway,
     stop,
     wait_for,
 )
 from loadtests.probe import Probe, own_core
 
-FLOOR = "floor relay"
-
 
 def bench_instant(
     args: argparse.Namespace, root: Path, model_dir: Path, key: str
-) -> tuple[dict[str, list[Probe]], dict[str, float]]:
-    """``{"gateway": probes, "floor": probes}`` (unpinned first, then on a core of its own), and
-    the gateway's ``bench_fairness`` figures."""
+) -> tuple[dict[str, list[Probe]], dict[str, float], dict[str, dict[str, float]]]:
+    """``{"gateway": probes, "floor": probes}`` (unpinned first, then on a core of its own), the
+    gateway's ``bench_fairness`` figures, and ``bench_client``'s."""
     upstream = f"http://127.0.0.1:{args.vllm_port}"
     processes: list[subprocess.Popen] = []
     try:
-        stand_in = _spawn(root / "instant.log", "loadtests.instant_upstream", str(args.vllm_port))
+        stand_in = spawn_module(root / "instant.log", "loadtests.instant_upstream", str(args.vllm_port))
         processes.append(stand_in)
         wait_for(f"{upstream}/health", stand_in)
+        client = bench_client(upstream)
         direct = Target(DIRECT, f"{upstream}/v1/chat/completions", {},
                         {"plain": MODEL, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
         gateway_args = ["--engine", "vllm", "--upstream", upstream]
@@ -58,22 +60,17 @@ def bench_instant(
         probes = {"gateway": _probe(via, direct, gateway, stand_in, args.instant_pairs)}
         fair = fairness(via)
         stop(processes.pop())
-        relay = _spawn(root / "floor.log", "loadtests.floor_relay", str(args.gateway_port), upstream)
+        relay = spawn_module(root / "floor.log", "loadtests.floor_relay", str(args.gateway_port), upstream)
         processes.append(relay)
         wait_for(f"http://127.0.0.1:{args.gateway_port}/health", relay)
         floor = Target(
             FLOOR, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions", {}, direct.models, False
         )
         probes["floor"] = _probe(floor, direct, relay, stand_in, args.instant_pairs)
-        return probes, fair
+        return probes, fair, client
     finally:
         for process in reversed(processes):
             stop(process)
-
-
-def _spawn(log: Path, module: str, *argv: str) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module, *argv], stdout=out, stderr=subprocess.STDOUT)
 
 
 def _probe(

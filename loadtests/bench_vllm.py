@@ -13,7 +13,9 @@ Load: ``--concurrency`` clients stream chat completions of exactly ``--new-token
 in alternating rounds after a warm-up of each, so that both see the same machine; then a
 paired probe (one-token requests, one at a time, gateway and direct in turn) isolates what
 the gateway adds to each request from the noise of a loaded machine, and reads the gateway
-process's CPU time per request from /proc. The probe runs again with ``instant_upstream`` (a
+process's CPU time per request from /proc. A bare relay (``floor_relay.py``: no work of the
+gateway's) is probed in turns with the gateway against the same vLLM: what it adds is the
+probe's floor on this host, vLLM's own spread included. The probe runs again with ``instant_upstream`` (a
 stand-in that answers at once) in vLLM's place: what the gateway adds there is its own work
 (``bench_instant.py``, beside a bare relay for scale, each also on a core of its own). Then
 the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
@@ -28,6 +30,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +46,7 @@ from service.model_store import prepare_model
 
 MODEL = "SmolLM2-135M-Instruct"
 VIA, DIRECT, EMBEDDED = "gateway -> vLLM", "vLLM direct", "gateway -> embedded engine"
+FLOOR = "floor relay"
 DEPARTMENTS = ("plain", "it", "legal")
 TENANTS = """
 tenants:
@@ -253,12 +257,38 @@ def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
             for _ in range(args.rounds):
                 for target in (via, direct):
                     rounds[target.name] += rounds_of(target, args, 1, bar)
-        with tqdm(total=args.probe_pairs, desc="paired probe", unit="pair") as bar:
-            probe = asyncio.run(paired_probe(via, direct, args.probe_pairs, gateway.pid, bar))
+        relay = spawn_module(root / "floor-vllm.log", "loadtests.floor_relay", str(args.floor_port), vllm.url)
+        try:
+            wait_for(f"http://127.0.0.1:{args.floor_port}/health", relay)
+            floor = Target(FLOOR, f"http://127.0.0.1:{args.floor_port}/v1/chat/completions", {},
+                           direct.models, False)  # fmt: skip
+            relays = {"gateway": (via, gateway.pid), "floor": (floor, relay.pid)}
+            probes = probes_in_turns(relays, direct, args.probe_pairs)
+        finally:
+            stop(relay)
     finally:
         stop(gateway)
         vllm.stop()
-    return rounds, probe, via
+    return rounds, probes, via
+
+
+def probes_in_turns(
+    relays: dict[str, tuple[Target, int]], direct: Target, pairs: int, turns: int = 4
+) -> dict[str, Probe]:
+    """Each relay's paired probe in ``turns`` blocks, taking turns: vLLM's speed drifts over minutes
+    on a shared host, and a block of one relay after all of the other's would take the drift as cost."""
+    block = max(1, pairs // turns)
+    blocks: dict[str, list[Probe]] = {name: [] for name in relays}
+    with tqdm(total=block * turns * len(relays), desc="paired probe", unit="pair") as bar:
+        for _ in range(turns):
+            for name, (target, pid) in relays.items():
+                blocks[name].append(asyncio.run(paired_probe(target, direct, block, pid, bar)))
+    return {name: Probe.merged(probes) for name, probes in blocks.items()}
+
+
+def spawn_module(log: Path, module: str, *argv: str) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *argv], stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -290,11 +320,14 @@ def main(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="loragate-bench-"))
     key = build_world(root, model_dir)
     print(f"{machine()}\nstarting vLLM (30-70 s) and the gateway; logs in {root}")
-    rounds, probe, via = bench_vllm(args, root, model_dir, key)
-    figures = probe.report("paired probe, one-token requests one at a time (target p50 < 2 ms)")
+    rounds, probes, via = bench_vllm(args, root, model_dir, key)
+    figures = probes["gateway"].report("paired probe, one-token requests one at a time (target p50 < 2 ms)")
+    figures["floor_relay"] = probes["floor"].report(
+        "  for scale, a bare relay (loadtests/floor_relay.py) in front of the same vLLM, in turns"
+    )
     from loadtests.bench_instant import bench_instant  # it builds on this module
 
-    instant, figures["fairness"] = bench_instant(args, root, model_dir, key)
+    instant, figures["fairness"], figures["client"] = bench_instant(args, root, model_dir, key)
     titles = ("the same probe, an upstream that answers at once", "the same, on a core of its own")
     for name, probes in instant.items():
         print(f"{name}:" if name == "gateway" else "for scale, a bare relay (loadtests/floor_relay.py):")
@@ -321,10 +354,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=32, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds of each vLLM target")
     parser.add_argument("--embedded-rounds", type=int, default=1, help="0: skip the embedded engine")
-    parser.add_argument("--probe-pairs", type=int, default=60, help="one-token requests, gateway and direct")
+    parser.add_argument("--probe-pairs", type=int, default=300, help="one-token requests, gateway and direct")
     parser.add_argument("--instant-pairs", type=int, default=300, help="the probe against instant_upstream")
     parser.add_argument("--vllm-port", type=int, default=8011)
     parser.add_argument("--gateway-port", type=int, default=8012)
+    parser.add_argument("--floor-port", type=int, default=8013, help="the bare relay beside the gateway")
     return parser.parse_args(argv)
 
 

@@ -22,6 +22,20 @@ class Probe:
     gateway_cpu_ms: tuple[float, float]  # the gateway's user and system CPU per request it served
     upstream_cpu_ms: tuple[float, float] | None  # the same for the upstream, when it is a stand-in
 
+    @classmethod
+    def merged(cls, probes: list[Probe]) -> Probe:
+        """Blocks of one probe as one: all their pairs, CPU figures averaged over equal blocks."""
+
+        def mean(values: list[tuple[float, float]]) -> tuple[float, float]:
+            return sum(v[0] for v in values) / len(values), sum(v[1] for v in values) / len(values)
+
+        upstream = [p.upstream_cpu_ms for p in probes if p.upstream_cpu_ms]
+        return cls(
+            [added for p in probes for added in p.added],
+            mean([p.gateway_cpu_ms for p in probes]),
+            mean(upstream) if upstream else None,
+        )
+
     def report(self, title: str) -> dict[str, float]:
         """Print the figures under ``title`` and return them."""
         user, system = self.gateway_cpu_ms
@@ -33,8 +47,8 @@ class Probe:
             "gateway_user_cpu_ms_per_request": user,
         }
         print(
-            f"{title}: the gateway adds p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
-            f"({len(self.added)} pairs); gateway CPU {user + system:.2f} ms per request "
+            f"{title}: adds p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
+            f"({len(self.added)} pairs); its CPU {user + system:.2f} ms per request "
             f"({user:.2f} user, {system:.2f} system)"
         )
         if self.upstream_cpu_ms:
