@@ -7,7 +7,8 @@ uvloop as the gateway does, and reports its own CPU time and wall time per reque
 - ``httpcore``: httpx's own transport, what an ``httpx.AsyncClient`` uses by default;
 - ``http1 via httpx``: ``service/engines/http1.py`` behind httpx's Request and Response (the
   backend's health checks and adapter loads go this way);
-- ``http1 exchange``: the same transport without httpx's objects (the backend's chat requests).
+- ``http1 exchange``: the same transport's ``post``, without httpx's objects (the backend's chat
+  requests).
 
 The variants take turns, ``repeats`` times; each figure is the median of its turns.
 """
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import uvloop
 
-from service.engines.http1 import Http1Transport, request_head
+from service.engines.http1 import Http1Transport
 
 BODY = json.dumps(
     {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "stream": True}
@@ -89,16 +90,10 @@ def _via_httpx(transport: httpx.AsyncBaseTransport, url: httpx.URL) -> Send:
 
 
 def _exchange(transport: Http1Transport, url: httpx.URL) -> Send:
-    origin = (url.host, url.port or 80)
-    headers = [
-        (b"host", url.netloc),
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(BODY)),
-    ]
-    message = request_head("POST", url.raw_path, headers) + BODY
+    headers = [(b"content-type", b"application/json")]
 
     async def send() -> bytes:
-        answer = await transport.exchange(origin, message, TIMEOUTS)
+        answer = await transport.post(url, BODY, headers, TIMEOUTS)
         return await answer.aread()
 
     return send

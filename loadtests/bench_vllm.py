@@ -13,12 +13,12 @@ Load: ``--concurrency`` clients stream chat completions of exactly ``--new-token
 in alternating rounds after a warm-up of each, so that both see the same machine; then a
 paired probe (one-token requests, one at a time, gateway and direct in turn) isolates what
 the gateway adds to each request from the noise of a loaded machine, and reads the gateway
-process's CPU time per request from /proc. A bare relay (``floor_relay.py``: no work of the
-gateway's) is probed in turns with the gateway against the same vLLM: what it adds is the
-probe's floor on this host, vLLM's own spread included. The probe runs again with ``instant_upstream`` (a
-stand-in that answers at once) in vLLM's place: what the gateway adds there is its own work
-(``bench_instant.py``, beside a bare relay for scale, each also on a core of its own). Then
-the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
+process's CPU time per request from /proc. A bare relay (``floor_relay.py``: none of the
+gateway's work) is probed in turns with the gateway against the same vLLM: what it adds is
+the probe's floor on this host, vLLM's own spread included. The probe runs again with
+``instant_upstream`` (a stand-in that answers at once) in vLLM's place: what the gateway adds
+there is its own work (``bench_instant.py``, beside a bare relay for scale, each also on a
+core of its own). Then the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
 tokens/s over each round, per-request latency (start to last byte) and time to first token.
 """
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from service.engines.http1 import Http1Transport, request_head
+from service.engines.http1 import Http1Transport
 
 UPSTREAM = httpx.URL("http://127.0.0.1")  # set from the command line
 TIMEOUTS = httpx.Timeout(30.0).as_dict()
@@ -33,13 +33,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while more:
         message = await receive()
         body, more = body + message.get("body", b""), message.get("more_body", False)
-    headers = [
-        (b"host", UPSTREAM.netloc),
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(body)),
-    ]
-    head = request_head(scope["method"], scope["path"].encode(), headers)
-    answer = await transport.exchange((UPSTREAM.host, UPSTREAM.port or 80), head + body, TIMEOUTS)
+    url = UPSTREAM.copy_with(raw_path=scope["path"].encode())
+    answer = await transport.post(url, body, [(b"content-type", b"application/json")], TIMEOUTS)
     content_type = next((v for k, v in answer.headers if k.lower() == b"content-type"), b"text/plain")
     await send(
         {

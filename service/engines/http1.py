@@ -60,6 +60,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1"},
         )
 
+    async def post(
+        self,
+        url: httpx.URL,
+        content: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        timeouts: Mapping[str, float | None],
+    ) -> Answer:
+        """``exchange`` for a POST of ``content`` to ``url``, with ``host`` and ``content-length`` added."""
+        head = [*headers, (b"host", url.netloc), (b"content-length", b"%d" % len(content))]
+        message = request_head("POST", url.raw_path, head) + content
+        return await self.exchange((url.host, url.port or 80), message, timeouts)
+
     async def exchange(
         self, origin: tuple[str, int], message: bytes, timeouts: Mapping[str, float | None]
     ) -> Answer:
@@ -67,7 +79,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
         Returns once the answer's head is in. This is ``handle_async_request`` without httpx's
         Request and Response objects, which cost about as much CPU as the exchange itself:
-        the vLLM backend's chat requests come here directly.
+        the vLLM backend's chat requests come here directly (by ``post``).
         """
         await self._acquire(timeouts.get("pool"))
         connection = self._take_idle(origin)

@@ -37,7 +37,7 @@ import httpx
 
 from ..errors import ModelNotFoundError
 from .base import Delta, EngineEvents, EngineHealth, GenerationRequest
-from .http1 import Answer, Http1Transport, request_head
+from .http1 import Answer, Http1Transport
 from .routing import Replica, Router
 from .vllm_spawn import VllmSupervisor
 from .vllm_wire import (
@@ -301,9 +301,7 @@ class _Upstream:
         ]
         transport = engine._transport
         if isinstance(transport, Http1Transport):  # no httpx Request and Response: half the hop's CPU
-            headers += [(b"host", url.netloc), (b"content-length", b"%d" % len(content))]
-            message = request_head("POST", url.raw_path, headers) + content
-            self._response = await transport.exchange((url.host, url.port or 80), message, engine._timeouts)
+            self._response = await transport.post(url, content, headers, engine._timeouts)
         else:  # tests' MockTransport
             extensions = {"timeout": engine._timeouts}
             http_request = httpx.Request("POST", url, content=content, headers=headers, extensions=extensions)
