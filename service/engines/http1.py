@@ -19,7 +19,9 @@ answers read as they come. What it does:
 - the answer is read as it arrives, and the server is held back (reading paused) when the
   reader falls behind by more than ``HIGH_WATER`` bytes;
 - closing an unfinished answer closes its connection: the server sees the client leave
-  (vLLM aborts the request). A finished one goes back to the pool.
+  (vLLM aborts the request). A finished one goes back to the pool, and so does one its
+  reader released at a logical end (``release_at_end``: an event stream's ``[DONE]``) once
+  the body's last bytes are in; the reader does not wait for them.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ import asyncio
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import cast
 
 import httptools
 import httpx
 
 HIGH_WATER = 256 * 1024  # bytes read ahead of the reader before the server is held back
+DRAIN_GRACE = 5.0  # seconds an answer released before its end has to end, else its connection closes
 
 
 class Http1Transport(httpx.AsyncBaseTransport):
@@ -183,6 +187,9 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._drop_body = False  # the reader wants no more of this answer
+        self._then: Callable[[], None] | None = None  # see when_complete
+        self._grace: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -215,6 +222,7 @@ class _Connection(asyncio.Protocol):
                 self._error = httpx.ReadError("The server closed the connection in the middle of the answer.")
         self._pool._forget(self)
         self._wake()
+        self._settle()
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -228,18 +236,20 @@ class _Connection(asyncio.Protocol):
         self._head_done = True
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
+        if not self._drop_body:
+            self._chunks.append(body)
+            self._buffered += len(body)
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self._settle()
 
     # -- the exchange --------------------------------------------------------------------
     async def send(self, message: bytes, read_timeout: float | None) -> None:
         """Send a request; return when the answer's status and headers are in."""
         self._parser = httptools.HttpResponseParser(self)
         self.status, self.headers, self._chunks, self._buffered = 0, [], [], 0
-        self._answered = self._head_done = self.complete = False
+        self._answered = self._head_done = self.complete = self._drop_body = False
         self._error = None
         if self.closed:
             raise _NoAnswer()
@@ -249,8 +259,8 @@ class _Connection(asyncio.Protocol):
                 raise self._error
             await self._wait(read_timeout)
 
-    async def body(self, read_timeout: float | None) -> AsyncIterator[bytes]:
-        """The answer's body: what has arrived, each time something has."""
+    async def read(self, read_timeout: float | None) -> bytes:
+        """What came of the answer's body since the last read (waiting for something); b"" at its end."""
         while True:
             if self._chunks:
                 chunk = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
@@ -258,13 +268,31 @@ class _Connection(asyncio.Protocol):
                 if self._paused:
                     self._paused = False
                     self.transport.resume_reading()  # type: ignore[union-attr]
-                yield chunk
-            elif self.complete:
-                return
-            elif self._error is not None:
+                return chunk
+            if self.complete:
+                return b""
+            if self._error is not None:
                 raise self._error
-            else:
-                await self._wait(read_timeout)
+            await self._wait(read_timeout)
+
+    def when_complete(self, then: Callable[[], None]) -> None:
+        """Call ``then`` once the answer is complete (the rest of its body is dropped unread), or the
+        connection closed; it is closed if the answer is not complete within ``DRAIN_GRACE`` seconds."""
+        if self.complete or self.closed:
+            then()
+            return
+        self._then, self._drop_body = then, True
+        self._chunks, self._buffered = [], 0
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        self._grace = asyncio.get_running_loop().call_later(DRAIN_GRACE, self.close)
+
+    def _settle(self) -> None:
+        then, self._then = self._then, None
+        if then is not None:
+            self._grace.cancel()  # type: ignore[union-attr]
+            then()
 
     def reusable(self) -> bool:
         return self.complete and self._keep_alive and not self.closed and self._error is None
@@ -300,7 +328,9 @@ class Answer(httpx.AsyncByteStream):
     """An answer whose status and headers are in; its body is read as it comes (``async for``).
 
     Read to the end, its connection goes back to the pool; closed before that, the connection
-    is closed, and the server sees the client leave (vLLM aborts the request).
+    is closed, and the server sees the client leave (vLLM aborts the request). A reader that
+    knows the answer is over before its last bytes (an event stream's ``[DONE]``) calls
+    ``release_at_end`` instead, and need not wait for them.
     """
 
     def __init__(self, pool: Http1Transport, connection: _Connection, read_timeout: float | None):
@@ -313,13 +343,25 @@ class Answer(httpx.AsyncByteStream):
     def stream(self) -> Answer:
         return self  # as ``httpx.Response.stream``
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._connection.body(self._read_timeout):
-            yield chunk
+    def __aiter__(self) -> Answer:  # type: ignore[override]
+        return self  # an iterator, not a generator: one left unfinished needs no finalising
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._connection.read(self._read_timeout)
+        if chunk:
+            return chunk
         await self.aclose()  # read to the end: the connection goes back to the pool at once
+        raise StopAsyncIteration
 
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self])
+
+    def release_at_end(self) -> None:
+        """The reader needs no more of the body: the connection goes back to the pool when the
+        answer's end is in (closed if it does not come within ``DRAIN_GRACE`` seconds)."""
+        if not self._released:
+            self._released = True
+            self._connection.when_complete(partial(self._pool._release, self._connection))
 
     async def aclose(self) -> None:
         if not self._released:

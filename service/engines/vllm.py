@@ -271,14 +271,15 @@ class VllmEngine:
     async def _relay(self, response: httpx.Response | Answer, n: int) -> AsyncIterator[Delta]:
         reader = ChunkReader(n)
         try:
-            async for data in data_lines(response.stream):  # to the end: the connection goes back to the pool
-                if not reader.done:
-                    for delta in reader.feed(data):
-                        yield delta
+            async for data in data_lines(response.stream):
+                for delta in reader.feed(data):
+                    yield delta
         except httpx.HTTPError as exc:
             raise UpstreamError("The connection to the model server broke while generating.") from exc
         if reader.ended < n:
             raise UpstreamError("The model server ended the stream before the answer was complete.")
+        if isinstance(response, Answer):  # after [DONE]: the answer ends before the body's last bytes
+            response.release_at_end()
 
 
 class _Upstream:

@@ -154,11 +154,12 @@ class ChunkReader:
 
 
 async def data_lines(stream: AsyncIterable[bytes]) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a server-sent event stream, however its bytes were split.
+    """The ``data:`` payloads of a server-sent event stream, however its bytes were split, up to ``[DONE]``.
 
-    Many events in one read mean the upstream is ahead of the gateway. Reads and sends then
-    complete without suspending, and one stream would hold the event loop while the others
-    wait; so every ``BURST`` events of a read, it lets the loop run.
+    ``[DONE]`` ends the stream for its reader; what follows it (the end of a chunked body) is
+    not waited for. Many events in one read mean the upstream is ahead of the gateway. Reads
+    and sends then complete without suspending, and one stream would hold the event loop
+    while the others wait; so every ``BURST`` events of a read, it lets the loop run.
     """
     pending = b""
     async for chunk in stream:
@@ -170,6 +171,9 @@ async def data_lines(stream: AsyncIterable[bytes]) -> AsyncIterator[str]:
                     await asyncio.sleep(0)
                     in_a_row = 0
                 in_a_row += 1
-                yield line[5:].strip().decode()
+                data = line[5:].strip().decode()
+                yield data
+                if data == "[DONE]":
+                    return
     if pending.startswith(b"data:"):  # a last line without its newline
         yield pending[5:].strip().decode()

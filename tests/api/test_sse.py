@@ -83,3 +83,11 @@ async def test_a_backlog_lets_other_requests_run_between_its_events() -> None:
     seen = [ticks async for _ in data_lines(_split(backlog, len(backlog)))]
     other.cancel()
     assert seen[-1] - seen[0] >= 49 // BURST  # the other task ran every BURST events
+
+
+async def test_data_lines_end_at_done_without_reading_further() -> None:
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"data: one\n\ndata: [DONE]\n\ndata: after\n\n"
+        raise AssertionError("read past [DONE]")
+
+    assert [line async for line in data_lines(stream())] == ["one", "[DONE]"]

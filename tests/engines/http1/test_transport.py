@@ -16,6 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from service.engines import http1
 from service.engines.http1 import HIGH_WATER, Http1Transport
 from tests.conftest import free_port
 
@@ -286,4 +287,67 @@ async def test_a_bad_answer_is_a_protocol_error(serve: Callable[[Handler], Await
     transport = Http1Transport()
     with pytest.raises(httpx.RemoteProtocolError, match="not HTTP"):
         await _post(transport, await serve(handler))
+    await transport.aclose()
+
+
+async def test_an_answer_released_before_its_end_goes_back_to_the_pool_when_the_end_comes(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """An event stream's reader is done at ``[DONE]``; the chunked body's last bytes may come later."""
+    connections, send_end = [], asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(HEAD + _chunk(b"data: [DONE]\n\n"))
+            await writer.drain()
+            await send_end.wait()
+            writer.write(_chunk(b"data: late\n\n") + b"0\r\n\r\n")  # dropped unread
+            await writer.drain()
+
+    transport = Http1Transport(max_connections=1)
+    url = await serve(handler)
+    first = await transport.post(httpx.URL(url), b"{}", [], httpx.Timeout(5.0).as_dict())
+    assert await anext(aiter(first)) == b"data: [DONE]\n\n"
+    first.release_at_end()
+    await first.aclose()  # what the backend's exit does next: no effect on a released answer
+    waiting = asyncio.ensure_future(_post(transport, url))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # the only connection is still busy with the first answer's end
+    send_end.set()
+    second = await asyncio.wait_for(waiting, timeout=5)
+    assert await second.aread() == b"data: [DONE]\n\ndata: late\n\n"  # read whole this time
+    assert len(connections) == 1  # the same connection, kept alive
+    await transport.aclose()
+
+
+async def test_an_answer_released_before_an_end_that_never_comes_closes_its_connection(
+    serve: Callable[[Handler], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "DRAIN_GRACE", 0.2)
+    connections, client_left = [], asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await _read_request(reader)
+        writer.write(HEAD + _chunk(b"data: [DONE]\n\n"))  # and never the end of the body
+        await writer.drain()
+        await reader.read()  # until the client closes
+        client_left.set()
+        writer.close()
+
+    transport = Http1Transport(max_connections=1)
+    url = await serve(handler)
+    first = await _post(transport, url)
+    assert await anext(aiter(first.stream)) == b"data: [DONE]\n\n"
+    first.stream.release_at_end()  # type: ignore[attr-defined]
+    second = await asyncio.wait_for(_post(transport, url), timeout=5)  # its slot freed after the grace
+    assert await anext(aiter(second.stream)) == b"data: [DONE]\n\n"
+    assert len(connections) == 2
+    await asyncio.wait_for(client_left.wait(), timeout=5)
+    await second.aclose()
     await transport.aclose()
