@@ -89,6 +89,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from .app import create_app
+    from .http_server import GatewayHttpProtocol
     from .model_store import prepare_model
 
     logging.basicConfig(
@@ -119,6 +120,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=access_log,
+        http=GatewayHttpProtocol,
     )
 
 

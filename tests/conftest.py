@@ -15,9 +15,11 @@ import pytest
 import torch
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from service.app import create_app
 from service.config import Settings
+from service.http_server import GatewayHttpProtocol
 from service.model_store import prepare_model
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -152,13 +154,15 @@ class LiveServer:
     """A real uvicorn server on 127.0.0.1, in a thread of this process, ready when ``ready_path`` is 200."""
 
     def __init__(
-        self, settings: Settings | None = None, *, app: FastAPI | None = None, ready_path: str = "/ready"
+        self, settings: Settings | None = None, *, app: ASGIApp | None = None, ready_path: str = "/ready"
     ):
         assert (settings is None) != (app is None), "give settings or an app"
         self.port = free_port()
         self.ready_path = ready_path
         application = app if app is not None else create_app(settings)  # type: ignore[arg-type]
-        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            application, host="127.0.0.1", port=self.port, log_level="warning", http=GatewayHttpProtocol
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

@@ -1,0 +1,112 @@
+"""The gateway's HTTP protocol: what a response writes in one pass of the event loop leaves in one write.
+
+Each write wakes the client; the head with the first body bytes, and a short answer whole,
+save the client (and, on a small host, the gateway's core) a wake-up each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from service.http_server import PassWriteTransport
+from tests.conftest import LiveServer
+
+BLOCKED_AFTER_ANSWER = 2.0  # seconds the test app holds the event loop after its last write
+
+
+class Recorder:
+    """The part of ``asyncio.Transport`` the proxy uses, recording what reaches the socket."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_writes_of_one_pass_leave_together_at_its_end() -> None:
+    socket_side = Recorder()
+    transport = PassWriteTransport(socket_side, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(bytearray(b"data: 1\n\n"))
+    assert socket_side.writes == [] and transport.get_write_buffer_size() == 28
+    await asyncio.sleep(0)  # the pass ends
+    assert socket_side.writes == [b"HTTP/1.1 200 OK\r\n\r\ndata: 1\n\n"]
+    transport.write(b"data: 2\n\n")
+    await asyncio.sleep(0)
+    assert socket_side.writes[1:] == [b"data: 2\n\n"]
+
+
+async def test_closing_sends_what_is_pending_first_and_a_closed_socket_gets_nothing() -> None:
+    socket_side = Recorder()
+    transport = PassWriteTransport(socket_side, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"last words")
+    transport.close()
+    assert socket_side.writes == [b"last words"] and socket_side.closed
+    transport.write(b"too late")
+    await asyncio.sleep(0)
+    assert socket_side.writes == [b"last words"]
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+    await send(start)
+    if scope["path"] == "/stream":  # the head, a first part, a pause, the rest
+        await send({"type": "http.response.body", "body": b"first part", "more_body": True})
+        await asyncio.sleep(0.5)
+        await send({"type": "http.response.body", "body": b"rest", "more_body": False})
+    elif scope["path"] == "/slow-bookkeeping":  # the answer, then work that holds the loop
+        await send({"type": "http.response.body", "body": b"whole answer", "more_body": False})
+        time.sleep(BLOCKED_AFTER_ANSWER)
+    else:
+        await send({"type": "http.response.body", "body": b"ok", "more_body": False})
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    with LiveServer(app=app, ready_path="/ready") as live:
+        yield live
+
+
+def _get(server: LiveServer, path: str) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    connection.sendall(f"GET {path} HTTP/1.1\r\nhost: test\r\n\r\n".encode())
+    return connection
+
+
+def test_the_head_leaves_with_the_first_body_bytes(server: LiveServer) -> None:
+    with _get(server, "/stream") as connection:
+        first = connection.recv(65536)  # one write: one segment on the loopback
+        assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(b"a\r\nfirst part\r\n")
+        rest = b""
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += connection.recv(65536)
+        assert rest == b"4\r\nrest\r\n0\r\n\r\n"
+
+
+def test_a_complete_answer_leaves_before_the_app_is_done(server: LiveServer) -> None:
+    started = time.monotonic()
+    with _get(server, "/slow-bookkeeping") as connection:
+        answer = b""
+        while not answer.endswith(b"0\r\n\r\n"):
+            answer += connection.recv(65536)
+    assert answer.endswith(b"c\r\nwhole answer\r\n0\r\n\r\n")
+    assert time.monotonic() - started < BLOCKED_AFTER_ANSWER * 0.75  # not after the loop is free again
