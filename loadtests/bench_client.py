@@ -7,7 +7,7 @@ uvloop as the gateway does, and reports its own CPU time and wall time per reque
 - ``httpcore``: httpx's own transport, what an ``httpx.AsyncClient`` uses by default;
 - ``http1 via httpx``: ``service/engines/http1.py`` behind httpx's Request and Response (the
   backend's health checks and adapter loads go this way);
-- ``http1 exchange``: the same transport's ``post``, without httpx's objects (the backend's chat
+- ``http1 exchange``: the same transport's ``request``, without httpx's objects (the backend's chat
   requests).
 
 The variants take turns, ``repeats`` times; each figure is the median of its turns.
@@ -93,7 +93,7 @@ def _exchange(transport: Http1Transport, url: httpx.URL) -> Send:
     headers = [(b"content-type", b"application/json")]
 
     async def send() -> bytes:
-        answer = await transport.post(url, BODY, headers, TIMEOUTS)
+        answer = await transport.request("POST", url, BODY, headers, TIMEOUTS)
         return await answer.aread()
 
     return send

@@ -34,7 +34,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         body, more = body + message.get("body", b""), message.get("more_body", False)
     url = UPSTREAM.copy_with(raw_path=scope["path"].encode())
-    answer = await transport.post(url, body, [(b"content-type", b"application/json")], TIMEOUTS)
+    headers = [(b"content-type", b"application/json")]
+    answer = await transport.request(scope["method"], url, body, headers, TIMEOUTS)
     content_type = next((v for k, v in answer.headers if k.lower() == b"content-type"), b"text/plain")
     await send(
         {

@@ -64,16 +64,17 @@ class Http1Transport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1"},
         )
 
-    async def post(
+    async def request(
         self,
+        method: str,
         url: httpx.URL,
         content: bytes,
         headers: Iterable[tuple[bytes, bytes]],
         timeouts: Mapping[str, float | None],
     ) -> Answer:
-        """``exchange`` for a POST of ``content`` to ``url``, with ``host`` and ``content-length`` added."""
+        """``exchange`` for ``method`` with ``content`` to ``url``, ``host`` and ``content-length`` added."""
         head = [*headers, (b"host", url.netloc), (b"content-length", b"%d" % len(content))]
-        message = request_head("POST", url.raw_path, head) + content
+        message = request_head(method, url.raw_path, head) + content
         return await self.exchange((url.host, url.port or 80), message, timeouts)
 
     async def exchange(
@@ -83,7 +84,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
         Returns once the answer's head is in. This is ``handle_async_request`` without httpx's
         Request and Response objects, which cost about as much CPU as the exchange itself:
-        the vLLM backend's chat requests come here directly (by ``post``).
+        the vLLM backend's chat requests come here directly (by ``request``).
         """
         await self._acquire(timeouts.get("pool"))
         connection = self._take_idle(origin)

@@ -302,7 +302,7 @@ class _Upstream:
         ]
         transport = engine._transport
         if isinstance(transport, Http1Transport):  # no httpx Request and Response: half the hop's CPU
-            self._response = await transport.post(url, content, headers, engine._timeouts)
+            self._response = await transport.request("POST", url, content, headers, engine._timeouts)
         else:  # tests' MockTransport
             extensions = {"timeout": engine._timeouts}
             http_request = httpx.Request("POST", url, content=content, headers=headers, extensions=extensions)

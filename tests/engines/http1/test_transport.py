@@ -311,7 +311,7 @@ async def test_an_answer_released_before_its_end_goes_back_to_the_pool_when_the_
 
     transport = Http1Transport(max_connections=1)
     url = await serve(handler)
-    first = await transport.post(httpx.URL(url), b"{}", [], httpx.Timeout(5.0).as_dict())
+    first = await transport.request("POST", httpx.URL(url), b"{}", [], httpx.Timeout(5.0).as_dict())
     assert await anext(aiter(first)) == b"data: [DONE]\n\n"
     first.release_at_end()
     await first.aclose()  # what the backend's exit does next: no effect on a released answer
