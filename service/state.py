@@ -35,7 +35,7 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 async def authenticate(request: Request, state: StateDep) -> Principal:
-    """Bearer key -> tenant (and pinned department); keys are compared as hashes, in constant time."""
+    """Bearer key -> tenant (and pinned department); keys are found by their hashes."""
     return state.tenancy.authenticate(request.headers.get("authorization"))
 
 

@@ -272,7 +272,7 @@ class Tenancy:
         self._bootstrap = bootstrap_key
 
     def authenticate(self, authorization: str | None) -> Principal:
-        """``Bearer <key>`` -> who is calling; keys are compared in constant time and never logged."""
+        """``Bearer <key>`` -> who is calling; keys are found by their hash, never logged."""
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

@@ -1,4 +1,4 @@
-"""The key store: hashes only on disk, constant-time look-up, revocation, changes seen across processes."""
+"""The key store: hashes only on disk, look-up by hash, revocation, changes seen across processes."""
 
 from __future__ import annotations
 
@@ -138,3 +138,19 @@ def test_a_broken_keys_file_is_refused_at_start(tmp_path: Path, directory: Tenan
     with pytest.raises(KeyStoreError) as caught:
         KeyStore(path, directory)
     assert str(path) in str(caught.value)
+
+
+def test_a_key_among_thousands_is_found_with_its_own_record(store: KeyStore) -> None:
+    """Lookup is by hash, not a scan: every key of a large file still maps to its own record."""
+    keys = {f"lg-{i:064x}": f"key_{i:08x}" for i in range(5000)}
+    items = [
+        {"id": key_id, "sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": "acme",
+         "department": None, "created": "2026-01-01T00:00:00Z", "revoked": key_id.endswith("7")}
+        for key, key_id in keys.items()
+    ]  # fmt: skip
+    store.path.write_text(json.dumps({"keys": items}))
+    for key in ("lg-" + "0" * 64, f"lg-{4998:064x}", f"lg-{2345:064x}"):
+        record = store.lookup(key)
+        assert record is not None and record.key_id == keys[key] and not record.revoked
+    assert store.lookup(f"lg-{7:064x}") is None  # revoked
+    assert store.lookup(f"lg-{5000:064x}") is None  # not in the file
