@@ -85,8 +85,9 @@ class KeyStore:
         self.tenants = tenants
         self._lock = threading.Lock()
         self._signature = file_signature(path)
-        self._entries: _Entries = self._read()
-        self._active = _active(self._entries)
+        self._entries: _Entries = []
+        self._active: dict[str, KeyRecord] = {}  # hash -> record, the keys not revoked
+        self._use(self._read())
 
     def create(self, tenant: str, department: str | None = None) -> tuple[str, str]:
         """A new key for ``tenant`` (pinned to ``department`` if given): ``(key_id, key)``.
@@ -129,11 +130,14 @@ class KeyStore:
             if signature != self._signature:
                 self._signature = signature  # a broken version is reported once, not on every request
                 try:
-                    self._entries = self._read()
-                    self._active = _active(self._entries)
+                    self._use(self._read())
                 except KeyStoreError as exc:
                     log.error("%s; the previous keys stay in force", exc)
             return self._entries
+
+    def _use(self, entries: _Entries) -> None:
+        self._entries = entries
+        self._active = {digest: record for digest, record in entries if not record.revoked}
 
     def _read(self) -> _Entries:
         try:
@@ -174,11 +178,6 @@ class KeyStore:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-
-
-def _active(entries: _Entries) -> dict[str, KeyRecord]:
-    """Hash -> record, for the keys not revoked."""
-    return {digest: record for digest, record in entries if not record.revoked}
 
 
 def _entry(item: dict[str, Any]) -> _Entry:

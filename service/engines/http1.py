@@ -188,8 +188,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._drop_body = False  # the reader wants no more of this answer
-        self._then: Callable[[], None] | None = None  # see when_complete
+        self._then: Callable[[], None] | None = None  # see when_complete; the body is then dropped
         self._grace: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -237,7 +236,7 @@ class _Connection(asyncio.Protocol):
         self._head_done = True
 
     def on_body(self, body: bytes) -> None:
-        if not self._drop_body:
+        if self._then is None:  # someone still reads it
             self._chunks.append(body)
             self._buffered += len(body)
 
@@ -250,7 +249,7 @@ class _Connection(asyncio.Protocol):
         """Send a request; return when the answer's status and headers are in."""
         self._parser = httptools.HttpResponseParser(self)
         self.status, self.headers, self._chunks, self._buffered = 0, [], [], 0
-        self._answered = self._head_done = self.complete = self._drop_body = False
+        self._answered = self._head_done = self.complete = False
         self._error = None
         if self.closed:
             raise _NoAnswer()
@@ -282,7 +281,7 @@ class _Connection(asyncio.Protocol):
         if self.complete or self.closed:
             then()
             return
-        self._then, self._drop_body = then, True
+        self._then = then
         self._chunks, self._buffered = [], 0
         if self._paused:
             self._paused = False
