@@ -21,16 +21,14 @@ from tqdm import tqdm
 from loadtests.bench_client import bench_client
 from loadtests.bench_fairness import fairness
 from loadtests.bench_vllm import (
-    DEPARTMENTS,
-    DIRECT,
     FLOOR,
     MODEL,
-    VIA,
     Target,
     paired_probe,
     spawn_module,
     start_gateway,
     stop,
+    targets,
     wait_for,
 )
 from loadtests.probe import Probe, own_core
@@ -48,15 +46,12 @@ def bench_instant(
         processes.append(stand_in)
         wait_for(f"{upstream}/health", stand_in)
         client = bench_client(upstream)
-        direct = Target(DIRECT, f"{upstream}/v1/chat/completions", {},
-                        {"plain": MODEL, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
         gateway_args = ["--engine", "vllm", "--upstream", upstream]
         gateway = start_gateway(
             root, args.gateway_port, gateway_args, model_dir, root / "gateway-instant.log"
         )
         processes.append(gateway)
-        via = Target(VIA, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions",
-                     {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, MODEL), True)  # fmt: skip
+        via, direct = targets(args.gateway_port, upstream, key, MODEL)
         probes = {"gateway": _probe(via, direct, gateway, stand_in, args.instant_pairs)}
         fair = fairness(via)
         stop(processes.pop())

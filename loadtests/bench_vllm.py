@@ -10,16 +10,18 @@ Load: ``--concurrency`` clients stream chat completions of exactly ``--new-token
 - through the gateway (``loragate serve --engine vllm --upstream ...``, its own process), and
 - to vLLM directly (``model`` = the adapter's name in vLLM, the same messages),
 
-in alternating rounds after a warm-up of each, so that both see the same machine; then a
-paired probe (one-token requests, one at a time, gateway and direct in turn) isolates what
-the gateway adds to each request from the noise of a loaded machine, and reads the gateway
-process's CPU time per request from /proc. A bare relay (``floor_relay.py``: none of the
-gateway's work) is probed in turns with the gateway against the same vLLM: what it adds is
-the probe's floor on this host, vLLM's own spread included. The probe runs again with
-``instant_upstream`` (a stand-in that answers at once) in vLLM's place: what the gateway adds
-there is its own work (``bench_instant.py``, beside a bare relay for scale, each also on a
-core of its own). Then the embedded engine (``loragate serve --engine local``) serves the same load. Figures:
-tokens/s over each round, per-request latency (start to last byte) and time to first token.
+in alternating rounds after a warm-up of each, so that both see the same machine. Their added
+latency is vLLM's spread on requests of half a minute; what the gateway adds to each request is
+resolved by a paired probe (one-token requests, one at a time, gateway and direct in turn)
+against vLLM serving a tiny random model, whose compute is negligible, as on a GPU
+(``bench_vllm_probe.py``). It prints the added p50 with its 95% interval, whether that shows the
+target met, and the gateway process's CPU time per request from /proc. A bare relay
+(``floor_relay.py``: none of the gateway's work) is probed in turns with the gateway against the
+same vLLM, for scale. The probe runs again with ``instant_upstream`` (a stand-in that answers at
+once) in vLLM's place: what the gateway adds there is its own work (``bench_instant.py``, beside
+a bare relay for scale, each also on a core of its own). Then the embedded engine (``loragate
+serve --engine local``) serves the same load. Figures: tokens/s over each round, per-request
+latency (start to last byte) and time to first token.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from loadtests.vllm_server import start_cpu_vllm
 from service.model_store import prepare_model
 
 MODEL = "SmolLM2-135M-Instruct"
+TARGET_MS = 2.0  # the issue's target for what the gateway adds, p50
 VIA, DIRECT, EMBEDDED = "gateway -> vLLM", "vLLM direct", "gateway -> embedded engine"
 FLOOR = "floor relay"
 DEPARTMENTS = ("plain", "it", "legal")
@@ -155,27 +158,30 @@ async def paired_probe(
     return Probe(added, gateway, upstream)
 
 
-def build_world(root: Path, model_dir: Path) -> str:
-    """Registry with two demo adapters, tenants file, an API key for acme. Returns the key."""
+def build_world(root: Path, model_dir: Path, served: str = MODEL) -> str:
+    """Registry with two demo adapters on ``model_dir`` (served as ``served``), tenants file, an API
+    key for acme. Returns the key."""
     from adapters.demo import build
     from service.keys import KeyStore
     from service.registry import Registry
     from service.tenancy import TenantDirectory
 
-    registry = Registry(root / "registry", MODEL, base_aliases=(str(model_dir), model_dir.name))
+    registry = Registry(root / "registry", served, base_aliases=(str(model_dir), model_dir.name))
     for seed, name in ((1, "acme-it"), (2, "acme-legal")):
         trained = build(model_dir, root / "trained" / name, seed=seed)
         adapter = registry.publish(trained, name=name, level="L2")
         registry.promote(name, adapter.ref)
     (root / "tenants.yaml").write_text(TENANTS)
     (root / "prompts").mkdir(exist_ok=True)
-    return KeyStore(root / "keys.json", TenantDirectory(root / "tenants.yaml", MODEL)).create("acme")[1]
+    return KeyStore(root / "keys.json", TenantDirectory(root / "tenants.yaml", served)).create("acme")[1]
 
 
-def start_gateway(root: Path, port: int, engine: list[str], model_dir: Path, log: Path) -> subprocess.Popen:
+def start_gateway(
+    root: Path, port: int, engine: list[str], model_dir: Path, log: Path, served: str = MODEL
+) -> subprocess.Popen:
     args = [
         str(Path(".venv/bin/loragate").resolve()), "serve", "--port", str(port), "--log-level", "warning",
-        "--model-path", str(model_dir), "--model-name", MODEL, "--dtype", "float32",
+        "--model-path", str(model_dir), "--model-name", served, "--dtype", "float32",
         "--tenants-file", str(root / "tenants.yaml"), "--keys-file", str(root / "keys.json"),
         "--registry-dir", str(root / "registry"), "--prompts-dir", str(root / "prompts"),
         "--max-batch-size", "16", "--default-max-tokens", "64", *engine,
@@ -227,8 +233,9 @@ def print_table(summary: dict[str, dict[str, float]]) -> None:
     gateway, direct = summary[VIA], summary[DIRECT]
     ratio = gateway["tokens_per_second"] / direct["tokens_per_second"]
     print(f"\ngateway/direct throughput: {ratio:.3f}x (target >= 0.95)")
-    print(f"added latency: p50 {gateway['p50_ms'] - direct['p50_ms']:+.1f} ms (target < 2 ms), "
-          f"p99 {gateway['p99_ms'] - direct['p99_ms']:+.1f} ms")  # fmt: skip
+    added, added_p99 = gateway["p50_ms"] - direct["p50_ms"], gateway["p99_ms"] - direct["p99_ms"]
+    print(f"the rounds' added latency: p50 {added:+.1f} ms, p99 {added_p99:+.1f} ms: vLLM's spread on "
+          f"{direct['p50_ms'] / 1000:.0f}-s requests (the paired probe measures the target)")  # fmt: skip
 
 
 def rounds_of(target: Target, args: argparse.Namespace, count: int, bar: tqdm) -> list[Round]:
@@ -238,17 +245,16 @@ def rounds_of(target: Target, args: argparse.Namespace, count: int, bar: tqdm) -
     ]
 
 
-def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
-    """Gateway -> vLLM and vLLM direct, alternating; then the paired probe."""
+def bench_vllm(
+    args: argparse.Namespace, root: Path, model_dir: Path, key: str
+) -> tuple[dict[str, list[Round]], Target]:
+    """Gateway -> vLLM and vLLM direct, in alternating rounds."""
     vllm = start_cpu_vllm(
         model_dir, MODEL, args.vllm_port, root / "vllm.log", max_lora_rank=8, max_num_seqs=32
     )
     gateway_args = ["--engine", "vllm", "--upstream", vllm.url]
     gateway = start_gateway(root, args.gateway_port, gateway_args, model_dir, root / "gateway.log")
-    via = Target(VIA, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions",
-                 {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, MODEL), True)  # fmt: skip
-    direct = Target(DIRECT, f"{vllm.url}/v1/chat/completions", {},
-                    {"plain": MODEL, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
+    via, direct = targets(args.gateway_port, vllm.url, key, MODEL)
     rounds: dict[str, list[Round]] = {VIA: [], DIRECT: []}
     try:
         with tqdm(total=args.requests * (2 * args.rounds + 2), desc="vLLM rounds", unit="req") as bar:
@@ -257,33 +263,19 @@ def bench_vllm(args: argparse.Namespace, root: Path, model_dir: Path, key: str):
             for _ in range(args.rounds):
                 for target in (via, direct):
                     rounds[target.name] += rounds_of(target, args, 1, bar)
-        relay = spawn_module(root / "floor-vllm.log", "loadtests.floor_relay", str(args.floor_port), vllm.url)
-        try:
-            wait_for(f"http://127.0.0.1:{args.floor_port}/health", relay)
-            floor = Target(FLOOR, f"http://127.0.0.1:{args.floor_port}/v1/chat/completions", {},
-                           direct.models, False)  # fmt: skip
-            relays = {"gateway": (via, gateway.pid), "floor": (floor, relay.pid)}
-            probes = probes_in_turns(relays, direct, args.probe_pairs)
-        finally:
-            stop(relay)
     finally:
         stop(gateway)
         vllm.stop()
-    return rounds, probes, via
+    return rounds, via
 
 
-def probes_in_turns(
-    relays: dict[str, tuple[Target, int]], direct: Target, pairs: int, turns: int = 4
-) -> dict[str, Probe]:
-    """Each relay's paired probe in ``turns`` blocks, taking turns: vLLM's speed drifts over minutes
-    on a shared host, and a block of one relay after all of the other's would take the drift as cost."""
-    block = max(1, pairs // turns)
-    blocks: dict[str, list[Probe]] = {name: [] for name in relays}
-    with tqdm(total=block * turns * len(relays), desc="paired probe", unit="pair") as bar:
-        for _ in range(turns):
-            for name, (target, pid) in relays.items():
-                blocks[name].append(asyncio.run(paired_probe(target, direct, block, pid, bar)))
-    return {name: Probe.merged(probes) for name, probes in blocks.items()}
+def targets(gateway_port: int, upstream: str, key: str, served: str) -> tuple[Target, Target]:
+    """The gateway (tenant acme's key, a department header) and its upstream addressed directly."""
+    via = Target(VIA, f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
+                 {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, served), True)  # fmt: skip
+    direct = Target(DIRECT, f"{upstream}/v1/chat/completions", {},
+                    {"plain": served, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
+    return via, direct
 
 
 def spawn_module(log: Path, module: str, *argv: str) -> subprocess.Popen:
@@ -320,18 +312,17 @@ def main(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="loragate-bench-"))
     key = build_world(root, model_dir)
     print(f"{machine()}\nstarting vLLM (30-70 s) and the gateway; logs in {root}")
-    rounds, probes, via = bench_vllm(args, root, model_dir, key)
-    figures = probes["gateway"].report("paired probe, one-token requests one at a time (target p50 < 2 ms)")
-    figures["floor_relay"] = probes["floor"].report(
-        "  for scale, a bare relay (loadtests/floor_relay.py) in front of the same vLLM, in turns"
-    )
-    from loadtests.bench_instant import bench_instant  # it builds on this module
+    rounds, via = bench_vllm(args, root, model_dir, key)
+    from loadtests.bench_instant import bench_instant  # these build on this module
+    from loadtests.bench_vllm_probe import probe_tiny_vllm, report_tiny
+
+    figures = report_tiny(probe_tiny_vllm(args, root, model_dir))
 
     instant, figures["fairness"], figures["client"] = bench_instant(args, root, model_dir, key)
     titles = ("the same probe, an upstream that answers at once", "the same, on a core of its own")
-    for name, probes in instant.items():
+    for name, runs in instant.items():
         print(f"{name}:" if name == "gateway" else "for scale, a bare relay (loadtests/floor_relay.py):")
-        for title, probe, suffix in zip(titles, probes, ("", "_own_core"), strict=False):
+        for title, probe, suffix in zip(titles, runs, ("", "_own_core"), strict=False):
             figures[f"instant_upstream_{name}{suffix}"] = probe.report(f"  {title}")
     if args.embedded_rounds:
         rounds[EMBEDDED] = bench_embedded(args, root, model_dir, via)
@@ -354,7 +345,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=32, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds of each vLLM target")
     parser.add_argument("--embedded-rounds", type=int, default=1, help="0: skip the embedded engine")
-    parser.add_argument("--probe-pairs", type=int, default=300, help="one-token requests, gateway and direct")
+    parser.add_argument(
+        "--probe-pairs",
+        type=int,
+        default=1000,
+        help="one-token requests to the gateway and to vLLM (tiny model)",
+    )
     parser.add_argument("--instant-pairs", type=int, default=300, help="the probe against instant_upstream")
     parser.add_argument("--vllm-port", type=int, default=8011)
     parser.add_argument("--gateway-port", type=int, default=8012)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,15 +40,19 @@ class Probe:
     def report(self, title: str) -> dict[str, float]:
         """Print the figures under ``title`` and return them."""
         user, system = self.gateway_cpu_ms
+        low, high = median_interval(self.added)
         figures = {
             "pairs": len(self.added),
             "p50_ms": 1000 * percentile(self.added, 50),
+            "p50_low_ms": 1000 * low,
+            "p50_high_ms": 1000 * high,
             "p99_ms": 1000 * percentile(self.added, 99),
             "gateway_cpu_ms_per_request": user + system,
             "gateway_user_cpu_ms_per_request": user,
         }
         print(
-            f"{title}: adds p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
+            f"{title}: adds p50 {figures['p50_ms']:.2f} ms (95% interval {1000 * low:.2f} to "
+            f"{1000 * high:.2f} ms), p99 {figures['p99_ms']:.2f} ms "
             f"({len(self.added)} pairs); its CPU {user + system:.2f} ms per request "
             f"({user:.2f} user, {system:.2f} system)"
         )
@@ -72,6 +77,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """A ~95% interval for the median of ``values``, from their order statistics alone.
+
+    The count of values under the true median is binomial(n, 1/2), so the median lies between
+    the order statistics ranked (n - z*sqrt(n))/2 and 1 + (n + z*sqrt(n))/2 (1-based) with
+    probability ~95%, whatever the distribution: vLLM's one-token latency has long tails.
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    spread = z * math.sqrt(n)
+    low = math.floor((n - spread) / 2)
+    high = math.ceil(1 + (n + spread) / 2)
+    return ordered[max(0, low - 1)], ordered[min(n - 1, high - 1)]
+
+
+def verdict(low_ms: float, high_ms: float, target_ms: float) -> str:
+    """Whether a run shows the median under ``target_ms``: met, missed, or not resolved."""
+    if high_ms < target_ms:
+        return f"met: the whole interval is under {target_ms:g} ms"
+    if low_ms >= target_ms:
+        return f"missed: the whole interval is at or over {target_ms:g} ms"
+    return f"not resolved by this run: the interval spans {target_ms:g} ms"
+
+
 @contextmanager
 def own_core(gateway_pid: int, *others: int) -> Iterator[None]:
     """The gateway's threads on the last CPU; this process and ``others`` on the rest.
@@ -90,6 +119,20 @@ def own_core(gateway_pid: int, *others: int) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, mine)
+
+
+def session_pids(session: int) -> list[int]:
+    """Every process of a session (Linux): a server started with ``start_new_session`` and its children."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[3]) == session:
+                pids.append(int(entry))
+    return pids
 
 
 def _pin(pid: int, cpus: set[int]) -> None:

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from loadtests.tiny_llama import write_tiny_llama
 from service.app import create_app
 from service.config import Settings
 from service.http_server import GatewayHttpProtocol
@@ -39,39 +40,6 @@ def no_loragate_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def smollm2_dir() -> Path:
     """The real packaged model, prepared once (idempotent)."""
     return prepare_model(SMOLLM2_DIR)
-
-
-def write_tiny_llama(
-    path: Path,
-    tokenizer_dir: Path,
-    *,
-    heads: int = 4,
-    kv_heads: int = 2,
-    std: float = 0.02,
-    positions: int = 1024,
-) -> Path:
-    """A 2-layer random Llama (hidden 64, float32) with SmolLM2's tokenizer and chat template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=std,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")
