@@ -143,7 +143,7 @@ async def paired_probe(
     """
     added = []
     gateway_before = cpu_seconds(gateway_pid)
-    upstream_before = cpu_seconds(upstream_pid) if upstream_pid else (0.0, 0.0)
+    upstream_before = cpu_seconds(upstream_pid) if upstream_pid else None
     async with httpx.AsyncClient(timeout=60) as client:
         for i in range(pairs):
             department, prompt = DEPARTMENTS[i % 3], PROMPTS[i % len(PROMPTS)]
@@ -153,8 +153,9 @@ async def paired_probe(
             added.append(latency[via.name] - latency[direct.name])
             bar.update(1)
     gateway = per_request_ms(gateway_pid, gateway_before, pairs)
-    # the upstream serves both sides of each pair
-    upstream = per_request_ms(upstream_pid, upstream_before, 2 * pairs) if upstream_pid else None
+    upstream = None
+    if upstream_pid and upstream_before:  # it serves both sides of each pair
+        upstream = per_request_ms(upstream_pid, upstream_before, 2 * pairs)
     return Probe(added, gateway, upstream)
 
 

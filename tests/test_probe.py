@@ -1,11 +1,13 @@
-"""The benchmark probe's statistics: the median's interval and the verdict against a target."""
+"""The benchmark probe's figures: the median's interval, the verdict against a target, CPU per request."""
 
 import random
 import statistics
+import subprocess
+import sys
 
 import pytest
 
-from loadtests.probe import median_interval, verdict
+from loadtests.probe import cpu_seconds, median_interval, per_request_ms, verdict
 
 
 def test_interval_ranks_for_300_pairs():
@@ -43,3 +45,36 @@ def test_interval_of_tiny_samples_is_the_whole_range():
 )
 def test_verdict(low, high, word):
     assert verdict(low, high, 2.0).startswith(word)
+
+
+BURN = """
+import sys, time
+for line in sys.stdin:  # each line: burn that many ms of CPU, then say so
+    start = time.process_time()
+    while time.process_time() - start < float(line) / 1000:
+        pass
+    print("done", flush=True)
+"""
+
+
+def test_cpu_per_request_is_exact_under_the_proc_tick():
+    # /proc counts CPU in 10 ms ticks: a 3 ms burn there reads 0 or 10 ms. The process's CPU clock does not.
+    child = subprocess.Popen(
+        [sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin and child.stdout
+    try:
+        child.stdin.write("1\n")  # past the interpreter's start
+        child.stdin.flush()
+        child.stdout.readline()
+        for _ in range(3):
+            before = cpu_seconds(child.pid)
+            child.stdin.write("3\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+            user, system = per_request_ms(child.pid, before, 1)
+            assert 3.0 <= user + system < 8.0
+            assert user >= 0 and system >= 0
+    finally:
+        child.kill()
+        child.wait()

@@ -34,6 +34,6 @@ def test_the_probe_measures_the_gateway_and_the_bare_relay(tmp_path: Path, smoll
             assert figures["pairs"] == 8
             assert figures["p50_low_ms"] <= figures["p50_ms"] <= figures["p50_high_ms"]
             assert all(math.isfinite(added) and abs(added) < 5.0 for added in probe.added)
-            assert probe.gateway_cpu_ms[0] > 0  # the relay's process did the work
+            assert sum(probe.gateway_cpu_ms) > 0.1  # ms per request: the relay's process did the work
     assert report_tiny(probes)["vllm_gateway"]["pairs"] == 8
     assert os.sched_getaffinity(0) == cpus  # the probe gave this process its CPUs back
