@@ -21,11 +21,11 @@ from tqdm import tqdm
 from loadtests.bench_client import bench_client
 from loadtests.bench_fairness import fairness
 from loadtests.bench_vllm import (
-    FLOOR,
     MODEL,
     Target,
     paired_probe,
     spawn_module,
+    start_floor,
     start_gateway,
     stop,
     targets,
@@ -55,12 +55,8 @@ def bench_instant(
         probes = {"gateway": _probe(via, direct, gateway, stand_in, args.instant_pairs)}
         fair = fairness(via)
         stop(processes.pop())
-        relay = spawn_module(root / "floor.log", "loadtests.floor_relay", str(args.gateway_port), upstream)
+        relay, floor = start_floor(args.gateway_port, upstream, direct.models, root / "floor.log")
         processes.append(relay)
-        wait_for(f"http://127.0.0.1:{args.gateway_port}/health", relay)
-        floor = Target(
-            FLOOR, f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions", {}, direct.models, False
-        )
         probes["floor"] = _probe(floor, direct, relay, stand_in, args.instant_pairs)
         return probes, fair, client
     finally:

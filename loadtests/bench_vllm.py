@@ -284,6 +284,19 @@ def spawn_module(log: Path, module: str, *argv: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", module, *argv], stdout=out, stderr=subprocess.STDOUT)
 
 
+def start_floor(
+    port: int, upstream: str, models: dict[str, str], log: Path
+) -> tuple[subprocess.Popen, Target]:
+    """The bare relay (``floor_relay``) in front of ``upstream``, answering, and its target."""
+    relay = spawn_module(log, "loadtests.floor_relay", str(port), upstream)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", relay)
+    except RuntimeError:
+        stop(relay)
+        raise
+    return relay, Target(FLOOR, f"http://127.0.0.1:{port}/v1/chat/completions", {}, models, False)
+
+
 def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:

@@ -25,17 +25,15 @@ from tqdm import tqdm
 
 from loadtests.bench_vllm import (
     DEPARTMENTS,
-    FLOOR,
     TARGET_MS,
     Target,
     build_world,
     one,
     paired_probe,
-    spawn_module,
+    start_floor,
     start_gateway,
     stop,
     targets,
-    wait_for,
 )
 from loadtests.probe import Probe, own_core, session_pids, verdict
 from loadtests.tiny_llama import write_tiny_llama
@@ -62,13 +60,8 @@ def probe_tiny_vllm(args: argparse.Namespace, root: Path, tokenizer_dir: Path) -
         )
         via, direct = targets(args.gateway_port, vllm.url, key, TINY)
         asyncio.run(_load_adapters(via))  # vLLM holds them from here on: direct requests find them
-        processes.append(
-            spawn_module(root / "floor-tiny.log", "loadtests.floor_relay", str(args.floor_port), vllm.url)
-        )
-        wait_for(f"http://127.0.0.1:{args.floor_port}/health", processes[-1])
-        floor = Target(
-            FLOOR, f"http://127.0.0.1:{args.floor_port}/v1/chat/completions", {}, direct.models, False
-        )
+        relay, floor = start_floor(args.floor_port, vllm.url, direct.models, root / "floor-tiny.log")
+        processes.append(relay)
         relays = {"gateway": (via, processes[0].pid), "floor": (floor, processes[1].pid)}
         for target, pid in relays.values():  # warm-up: connection pools, caches
             asyncio.run(paired_probe(target, direct, 30, pid, tqdm(disable=True)))
