@@ -357,7 +357,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=32, help="requests per round")
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds of each vLLM target")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds of each vLLM target")
     parser.add_argument("--embedded-rounds", type=int, default=1, help="0: skip the embedded engine")
     parser.add_argument(
         "--probe-pairs",
