@@ -15,7 +15,7 @@ latency is vLLM's spread on requests of half a minute; what the gateway adds to 
 resolved by a paired probe (one-token requests, one at a time, gateway and direct in turn)
 against vLLM serving a tiny random model, whose compute is negligible, as on a GPU
 (``bench_vllm_probe.py``). It prints the added p50 with its 95% interval, whether that shows the
-target met, and the gateway process's CPU time per request from /proc. A bare relay
+target met, and the gateway process's CPU time per request (``probe.cpu_seconds``). A bare relay
 (``floor_relay.py``: none of the gateway's work) is probed in turns with the gateway against the
 same vLLM, for scale. The probe runs again with ``instant_upstream`` (a stand-in that answers at
 once) in vLLM's place: what the gateway adds there is its own work (``bench_instant.py``, beside

@@ -55,14 +55,13 @@ def probe_tiny_vllm(args: argparse.Namespace, root: Path, tokenizer_dir: Path) -
     processes = []
     try:
         engine = ["--engine", "vllm", "--upstream", vllm.url]
-        processes.append(
-            start_gateway(world, args.gateway_port, engine, model_dir, root / "gateway-tiny.log", TINY)
-        )
+        gateway = start_gateway(world, args.gateway_port, engine, model_dir, root / "gateway-tiny.log", TINY)
+        processes.append(gateway)
         via, direct = targets(args.gateway_port, vllm.url, key, TINY)
         asyncio.run(_load_adapters(via))  # vLLM holds them from here on: direct requests find them
         relay, floor = start_floor(args.floor_port, vllm.url, direct.models, root / "floor-tiny.log")
         processes.append(relay)
-        relays = {"gateway": (via, processes[0].pid), "floor": (floor, processes[1].pid)}
+        relays = {"gateway": (via, gateway.pid), "floor": (floor, relay.pid)}
         for target, pid in relays.values():  # warm-up: connection pools, caches
             asyncio.run(paired_probe(target, direct, 30, pid, tqdm(disable=True)))
         shared = probes_in_turns(relays, direct, args.probe_pairs)

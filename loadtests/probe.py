@@ -1,4 +1,4 @@
-"""The paired probe's figures: what the gateway added per request, and CPU time per request from /proc."""
+"""The paired probe's figures: what the gateway added per request, and its CPU time per request."""
 
 from __future__ import annotations
 
