@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MIN_REPETITION_PENALTY = 0.01
+MAX_STOP_CHARS = 512  # each stop string is looked for after every token, in every row of the batch
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -48,7 +51,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1)] = 1
-    stop: Annotated[list[str], Field(max_length=16)] = []
+    stop: Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=16)] = []
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # torch generators take int64
@@ -56,7 +59,8 @@ class ChatCompletionRequest(BaseModel):
     # vLLM's extra sampling parameters
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    # Bounded so that no value can overflow a logit (x / 1e-300 is inf); vLLM only asks for > 0.
+    repetition_penalty: Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=10.0)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] = 0
     ignore_eos: bool = False
 
@@ -67,6 +71,12 @@ class ChatCompletionRequest(BaseModel):
         if value is None:
             return []
         return [value] if isinstance(value, str) else value
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_beyond_any_vocabulary_is_off(cls, value: int | None) -> int | None:
+        """A k at least as large as any vocabulary keeps every token: -1 (off), as an engine's int32."""
+        return -1 if value is not None and value >= 2**24 else value
 
     @property
     def include_usage(self) -> bool:

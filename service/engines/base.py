@@ -26,10 +26,14 @@ from typing import Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort"]
 
+# Temperatures below this decode greedily (vLLM's _SAMPLING_EPS): dividing logits by a subnormal
+# temperature would overflow them to inf, and the draw would fail.
+SAMPLING_EPS = 1e-5
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """Decoding settings for one request; temperature 0 means greedy."""
+    """Decoding settings for one request; a temperature below ``SAMPLING_EPS`` means greedy."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -44,7 +48,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < SAMPLING_EPS
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The embedded engine: transformers (+ PEFT later) in this process.
+"""The embedded engine: transformers and PEFT (LoRA adapters) in this process.
 
 Loading happens on a background thread after ``start()``, so the gateway
 answers ``/health`` at once and ``/ready`` turns 200 when the model can
@@ -49,6 +49,7 @@ class LocalEngine:
         threads: int | None = None,
         max_batch_size: int = 32,
         max_context: int | None = None,
+        max_prefill_tokens: int = 8192,
         max_loaded_adapters: int = 8,
         prepare: Callable[[], object] | None = None,
     ):
@@ -57,6 +58,7 @@ class LocalEngine:
         self.max_context = max_context or 0
         self._dtype, self._device, self._threads = dtype, device, threads
         self._max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens
         self._max_loaded_adapters = max_loaded_adapters
         self._scheduler: Scheduler | None = None
         self._tokenizer: Any = None
@@ -97,6 +99,7 @@ class LocalEngine:
             eos_token_ids=eos_ids,
             pad_token_id=pad,
             max_batch_size=self._max_batch_size,
+            max_prefill_tokens=self.max_prefill_tokens,
             max_loaded_adapters=self._max_loaded_adapters,
             events=self._events,
         )
@@ -157,6 +160,12 @@ class LocalEngine:
             if adapter_path is None:
                 raise ModelNotFoundError(f"The adapter `{request.adapter}` is not registered.", param="model")
         prompt_ids = await asyncio.to_thread(self.encode, request.messages)
+        if len(prompt_ids) > self.max_prefill_tokens:  # its prefill alone would pass the memory budget
+            raise ContextLengthError(
+                f"This server prefills at most {self.max_prefill_tokens} prompt tokens at once; your "
+                f"messages have {len(prompt_ids)} tokens. Please shorten them.",
+                param="messages",
+            )
         wanted = len(prompt_ids) + request.sampling.max_tokens
         if wanted > self.max_context:
             raise ContextLengthError(

@@ -4,6 +4,12 @@ Order of operations (the same as vLLM's): repetition penalty, min_tokens
 (stop tokens masked until enough tokens exist), then greedy argmax or
 temperature, top-k, top-p and min-p followed by a draw from a per-request
 generator, so a fixed ``seed`` gives the same text every time.
+
+No parameter the request schema admits can make a row's draw fail: temperatures below
+``SAMPLING_EPS`` are greedy, and after the penalty and the temperature the row's logits are
+made finite (NaN drops the token, +inf becomes the largest float), so the softmax always has
+a candidate. Only a row whose every logit is NaN or -inf (a model fault, not a request's)
+raises :class:`SamplingError`, and the scheduler fails that row's request alone.
 """
 
 from __future__ import annotations
@@ -11,6 +17,12 @@ from __future__ import annotations
 import torch
 
 from .base import SamplingParams
+
+_LARGEST = torch.finfo(torch.float32).max
+
+
+class SamplingError(ValueError):
+    """No token can be drawn from this row (every logit NaN or -inf)."""
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
@@ -70,6 +82,14 @@ def next_token(
     if params.greedy:
         return int(torch.argmax(logits))
     logits.div_(params.temperature)
+    make_finite(logits)
     filter_top_k_top_p_min_p(logits, params.top_k, params.top_p, params.min_p)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def make_finite(logits: torch.Tensor) -> None:
+    """NaN -> -inf (never drawn), +inf -> the largest float, in place; raise if nothing is left."""
+    torch.nan_to_num_(logits, nan=float("-inf"), posinf=_LARGEST)
+    if not bool(torch.isfinite(logits.max())):
+        raise SamplingError("every token of this row has a NaN or -inf logit")

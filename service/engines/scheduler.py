@@ -5,6 +5,12 @@ the running batch) and runs one decode step for every running sequence. A
 request that arrives while others decode joins at the next step; a finished or
 cancelled sequence leaves at once. Results go back to the asyncio side with
 ``loop.call_soon_threadsafe``; nothing here touches the event loop otherwise.
+
+Fault isolation: one tenant's request must never end another's. What is done per row
+(sampling, stop strings, detokenising) is guarded per row, so a failure there fails that
+row's request alone. A prefill that fails is retried one job at a time, so only the job it
+cannot run fails; the running batch is untouched by it. Only a failed decode step, the
+forward pass every running row shares, fails every request in flight.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class Scheduler:
         eos_token_ids: list[int],
         pad_token_id: int,
         max_batch_size: int,
+        max_prefill_tokens: int = 8192,
         max_loaded_adapters: int = 8,
         events: EngineEvents | None = None,
     ):
@@ -84,6 +91,7 @@ class Scheduler:
         self._eos_set = set(eos_token_ids)
         self.pad_id = pad_token_id
         self.max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens  # jobs x longest prompt, per prefill (its memory)
         self._waiting: deque[Job] = deque()
         self._wake = threading.Condition()
         self._closing = False
@@ -135,14 +143,20 @@ class Scheduler:
                     self._admit()
                     if self._rows:
                         self._decode_step()
-                except Exception as exc:  # keep serving: fail only the requests in flight
+                except Exception as exc:  # the shared forward pass: no row can be singled out
                     log.exception("generation step failed")
                     self._fail_all(exc, waiting=False)
         self._fail_all(RuntimeError("the engine is shutting down"), waiting=True)
 
     def _take_waiting(self) -> list[Job]:
+        """The next jobs in order, as many as free rows and the prefill's token budget allow.
+
+        A job alone is always taken (its prompt is within the budget: the engine refuses longer
+        ones), so a long prompt is prefilled on its own rather than padding every short one to it.
+        """
         room = self.max_batch_size - len(self._rows)
         taken: list[Job] = []
+        width = 0
         with self._wake:
             while self._waiting and room > 0:
                 job = self._waiting[0]
@@ -151,6 +165,10 @@ class Scheduler:
                     continue
                 if job.request.n > room and (taken or self._rows):
                     break  # wait until enough rows are free
+                wider = max(width, len(job.prompt_ids))
+                if taken and (len(taken) + 1) * wider > self.max_prefill_tokens:
+                    break  # the next prefill takes it
+                width = wider
                 self._waiting.popleft()
                 job.queue_seconds = time.monotonic() - job.submitted
                 taken.append(job)
@@ -161,6 +179,27 @@ class Scheduler:
         jobs = self._with_adapters_loaded(self._take_waiting())
         if not jobs:
             return
+        try:
+            self._join(*self._prefill(jobs))
+            return
+        except Exception as exc:
+            if len(jobs) == 1:
+                self._fail_prefill(jobs[0], exc)
+                return
+            log.warning("prefill of %d requests failed (%s); retrying them one at a time", len(jobs), exc)
+        for job in jobs:  # only a job that cannot be prefilled on its own fails
+            try:
+                self._join(*self._prefill([job]))
+            except Exception as exc:
+                self._fail_prefill(job, exc)
+
+    def _fail_prefill(self, job: Job, exc: Exception) -> None:
+        log.error("prefill failed for request %s: %s: %s", job.request.request_id, type(exc).__name__, exc)
+        self._admitting = []
+        job.send(exc)
+
+    def _prefill(self, jobs: list[Job]) -> tuple[KVBatch, list[_Row], list[int]]:
+        """Run the jobs' prompts together and pick each row's first token; the running batch is untouched."""
         self._admitting = jobs
         width = max(len(j.prompt_ids) for j in jobs)
         ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
@@ -188,9 +227,13 @@ class Scheduler:
         group.select(expand)
         rows = [self._new_row(job, index) for job in jobs for index in range(job.request.n)]
         firsts = [
-            self._pick(row, logits[job_pos].clone())
+            self._guarded_pick(row, logits[job_pos].clone())
             for row, job_pos in zip(rows, expand.tolist(), strict=True)
         ]
+        return group, rows, firsts
+
+    def _join(self, group: KVBatch, rows: list[_Row], firsts: list[int]) -> None:
+        """The prefilled rows join the running batch; each sends its first token."""
         if self._batch is None:
             self._batch = group
         else:
@@ -200,7 +243,7 @@ class Scheduler:
         first = torch.tensor(firsts, device=self.device)
         self._next = first if self._next is None else torch.cat([self._next, first])
         for row, token in zip(rows, firsts, strict=True):
-            self._accept(row, token)
+            self._guarded_accept(row, token)
         self._drop_finished()
 
     def _with_adapters_loaded(self, jobs: list[Job]) -> list[Job]:
@@ -257,21 +300,48 @@ class Scheduler:
         tokens = torch.argmax(logits, dim=-1).tolist()
         for i, row in enumerate(self._rows):
             if needs_processing(row.params, row.generated):
-                tokens[i] = self._pick(row, logits[i].float())
+                tokens[i] = self._guarded_pick(row, logits[i].float())
         self._next = torch.tensor(tokens, device=self.device)
         for row, token in zip(self._rows, tokens, strict=True):
-            self._accept(row, token)
+            self._guarded_accept(row, token)
         self._drop_finished()
 
-    def _pick(self, row: _Row, logits: torch.Tensor) -> int:
-        return next_token(
-            logits,
-            row.params,
-            seen=row.seen,
-            generated=row.generated,
-            stop_token_ids=self.eos_ids,
-            generator=row.generator,
-        )
+    def _guarded_pick(self, row: _Row, logits: torch.Tensor) -> int:
+        """The row's next token; if picking fails, the row's request fails alone (token: the pad id)."""
+        if row.finished or row.job.cancelled:
+            return self.pad_id
+        try:
+            return next_token(
+                logits,
+                row.params,
+                seen=row.seen,
+                generated=row.generated,
+                stop_token_ids=self.eos_ids,
+                generator=row.generator,
+            )
+        except Exception as exc:
+            self._fail_row(row, exc)
+            return self.pad_id
+
+    def _guarded_accept(self, row: _Row, token: int) -> None:
+        if row.finished or row.job.cancelled:
+            return
+        try:
+            self._accept(row, token)
+        except Exception as exc:
+            self._fail_row(row, exc)
+
+    def _fail_row(self, row: _Row, exc: Exception) -> None:
+        """Fail the row's request (all its choices); every other request goes on.
+
+        The job counts as cancelled from here, so its other rows (in the batch or being admitted)
+        do nothing more and leave at the next step.
+        """
+        request_id = row.job.request.request_id
+        log.error("request %s failed in its own row: %s: %s", request_id, type(exc).__name__, exc)
+        row.finished = True
+        row.job.cancelled = True
+        row.job.send(exc)
 
     def _accept(self, row: _Row, token: int) -> None:
         row.generated += 1
