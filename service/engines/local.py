@@ -52,6 +52,7 @@ class LocalEngine:
         max_prefill_tokens: int = 8192,
         max_loaded_adapters: int = 8,
         prepare: Callable[[], object] | None = None,
+        scheduler: Callable[..., Scheduler] = Scheduler,
     ):
         self.model_path = model_path
         self.model_name = model_name
@@ -66,6 +67,7 @@ class LocalEngine:
         self._loader: threading.Thread | None = None
         self._adapter_paths: dict[str, Path] = {}  # name -> registry folder, set by ensure_adapter
         self._prepare = prepare  # makes model_path exist (the packaged model's conversion)
+        self._make_scheduler = scheduler  # tests pass one whose steps they can hold
         self._events = EngineEvents()
 
     def subscribe(self, events: EngineEvents) -> None:
@@ -93,7 +95,7 @@ class LocalEngine:
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
         self.max_context = self.max_context or int(model.config.max_position_embeddings)
-        scheduler = Scheduler(
+        scheduler = self._make_scheduler(
             model,
             tokenizer,
             eos_token_ids=eos_ids,

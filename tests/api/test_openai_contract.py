@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from service.app import create_app
+from service.config import Settings
 from service.errors import LoragateError
 from tests.api.conftest import FakeServer
 from tests.conftest import API_KEY, TINY_MODEL, LiveServer
 from tests.fakes import FakeEngine
+from tests.gates import GatedEngine, GatedScheduler, gated_engine
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say something."}]
 
@@ -163,44 +170,67 @@ def wait_idle(base: str, within: float) -> float:
     return time.monotonic() - started
 
 
-LONG = {"model": TINY_MODEL, "messages": MESSAGES, "max_tokens": 900, "ignore_eos": True}  # ~a minute of work
+# Room to be held: the gate holds a request after its first delta, and nothing ends it before 900 tokens.
+LONG = {"model": TINY_MODEL, "messages": MESSAGES, "max_tokens": 900, "ignore_eos": True}
+HELD_FOR = 60  # seconds: a hang guard only; with the gate clear, nothing ends a request but an abort
+
+
+@dataclass
+class GatedServer:
+    server: LiveServer
+    engine: GatedEngine
+
+    @property
+    def base(self) -> str:
+        return self.server.base_url.removesuffix("/v1")
+
+    @property
+    def scheduler(self) -> GatedScheduler:
+        assert self.engine.scheduler is not None
+        return self.engine.scheduler
+
+
+@pytest.fixture(scope="module")
+def gated_server(tiny_settings: Settings) -> Iterator[GatedServer]:
+    """A live server on the tiny model whose decoding the test holds (``tests.gates``)."""
+    engine = gated_engine(tiny_settings, threading.Event())
+    with LiveServer(app=create_app(tiny_settings, engine_factory=lambda _: engine)) as server:
+        yield GatedServer(server, engine)
 
 
 @pytest.fixture
-def long_request() -> dict[str, Any]:
-    """A request that is still generating when the client leaves (modules on a faster engine override it)."""
-    return LONG
+def held(gated_server: GatedServer) -> Iterator[GatedServer]:
+    """The gated server, its gate clear: its requests stay running until they are aborted."""
+    wait_idle(gated_server.base, within=HELD_FOR)  # what an earlier test left (if it failed) runs out
+    gated_server.engine.gate.clear()
+    yield gated_server
+    gated_server.engine.gate.set()  # let anything left over finish
 
 
-def test_stream_disconnect_aborts_generation(live_server: LiveServer, long_request: dict[str, Any]) -> None:
-    base = live_server.base_url.removesuffix("/v1")
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    with httpx.Client(base_url=live_server.base_url, headers=headers, timeout=30) as http:
-        with http.stream("POST", "/chat/completions", json=long_request | {"stream": True}) as response:
-            lines = response.iter_lines()
-            assert [next(line for line in lines if line.startswith("data: ")) for _ in range(3)]
-            assert running(base) == 1
-    wait_idle(base, within=3)
+def test_stream_disconnect_aborts_generation(held: GatedServer) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}", "X-Request-Id": "stream-left"}
+    with httpx.Client(base_url=held.server.base_url, headers=headers, timeout=HELD_FOR) as http:
+        with http.stream("POST", "/chat/completions", json=LONG | {"stream": True}) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()  # kept: a dropped iterator closes the connection
+            assert next(line for line in lines if line.startswith("data: "))
+            assert held.scheduler.holding.wait(HELD_FOR)
+            assert running(held.base) == 1
+    wait_idle(held.base, within=HELD_FOR)  # with the gate still clear: only the abort could end it
+    assert "stream-left" in held.scheduler.aborted
 
 
-def test_non_streaming_disconnect_aborts_generation(live_server: LiveServer) -> None:
-    base = live_server.base_url.removesuffix("/v1")
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    outcome: list[BaseException] = []
-
-    def impatient_client() -> None:
-        try:
-            httpx.post(f"{live_server.base_url}/chat/completions", json=LONG, headers=headers, timeout=3)
-        except httpx.TimeoutException as exc:  # expected: it hangs up after 3 s
-            outcome.append(exc)
-
-    thread = threading.Thread(target=impatient_client)
-    thread.start()
-    seen_running = False
-    while thread.is_alive() and not seen_running:
-        seen_running = running(base) > 0
-        time.sleep(0.02)
-    thread.join()
-    assert seen_running, "the request never started"
-    assert len(outcome) == 1
-    wait_idle(base, within=3)
+def test_non_streaming_disconnect_aborts_generation(held: GatedServer) -> None:
+    body = json.dumps(LONG).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {API_KEY}\r\nx-request-id: non-streaming-left\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", held.server.port), timeout=HELD_FOR) as client:
+        client.sendall(head.encode() + body)
+        assert held.scheduler.holding.wait(HELD_FOR)
+        assert running(held.base) == 1
+    # the client hung up before its answer (it cannot have come: the gate holds the request)
+    wait_idle(held.base, within=HELD_FOR)  # with the gate still clear: only the abort could end it
+    assert "non-streaming-left" in held.scheduler.aborted

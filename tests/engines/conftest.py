@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from service.engines.local import LocalEngine
+from tests.gates import GatedEngine, GatedScheduler
 
 
 @pytest.fixture(scope="package")
@@ -33,9 +34,21 @@ def reference_model(model_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="package")
-async def engine(model_dir: Path) -> AsyncIterator[LocalEngine]:
-    """One loaded float32 engine for the package; closed at the end."""
-    local = LocalEngine(model_dir, model_name="tiny", dtype="float32", device="cpu", max_batch_size=8)
+async def engine(model_dir: Path) -> AsyncIterator[GatedEngine]:
+    """One loaded float32 engine for the package, its gate open unless a test holds it (``held``)."""
+    local = GatedEngine(
+        model_dir, model_name="tiny", dtype="float32", device="cpu", max_batch_size=8, gate=threading.Event()
+    )
+    local.gate.set()
     local.load()
     yield local
     await local.close()
+
+
+@pytest.fixture
+def held(engine: GatedEngine) -> Iterator[GatedScheduler]:
+    """The engine's scheduler, its gate clear until the test opens it (``queue_behind``) or ends."""
+    assert engine.scheduler is not None
+    engine.gate.clear()
+    yield engine.scheduler
+    engine.gate.set()

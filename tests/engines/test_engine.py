@@ -10,6 +10,7 @@ import pytest
 from service.engines.base import Delta
 from service.engines.local import LocalEngine
 from service.errors import ContextLengthError, EngineUnavailableError
+from tests.gates import GatedScheduler
 
 from .helpers import Choice, drain, make_request, reference
 
@@ -50,16 +51,20 @@ async def test_concurrent_prompts_of_different_lengths_match_generate(
 
 
 async def test_requests_joining_a_decoding_batch_match_generate(
-    engine: LocalEngine, reference_model: Any, tokenizer: Any
+    engine: LocalEngine, held: GatedScheduler, reference_model: Any, tokenizer: Any
 ) -> None:
     log: list[tuple[str, Delta]] = []
     long = engine.stream(make_request("Tell me everything about the sea.", 160))
     first = await anext(long)
     assert first.finish_reason is None and first.text
     log.append(("long", first))
-    results = await asyncio.gather(
-        drain(long, log, "long"), *(drain(engine.stream(make_request(c, m)), log, c) for c, m in PROMPTS)
-    )
+    joining = [asyncio.ensure_future(drain(engine.stream(make_request(c, m)), log, c)) for c, m in PROMPTS]
+    assert await asyncio.to_thread(held.holding.wait, 10), "the long request was never held"
+    async with asyncio.timeout(10):  # all queued while the long one is held: they join it mid-answer
+        while held.waiting < len(PROMPTS):
+            await asyncio.sleep(0.01)
+    held.gate.set()
+    results = await asyncio.gather(drain(long, log, "long"), *joining)
     long_result = results[0][0]
     long_result.text = first.text + long_result.text
     assert long_result == expected(
@@ -115,10 +120,11 @@ async def test_n_choices_with_a_seed_differ_and_reproduce(engine: LocalEngine) -
     assert (await drain(engine.stream(request(43))))[0].text != first[0].text
 
 
-async def test_closing_the_stream_drops_the_row(engine: LocalEngine) -> None:
+async def test_closing_the_stream_drops_the_row(engine: LocalEngine, held: GatedScheduler) -> None:
     stream = engine.stream(make_request("Write a very long essay.", 500))
     first = await anext(stream)
     assert first.finish_reason is None
+    assert await asyncio.to_thread(held.holding.wait, 10)  # held: it cannot finish on its own
     assert await running(engine) == 1
     await stream.aclose()
     await wait_idle(engine)

@@ -11,6 +11,7 @@ import torch
 
 from service.engines.local import EngineFailure, LocalEngine
 from service.engines.scheduler import Job
+from tests.gates import GatedScheduler, queue_behind
 
 from .helpers import drain, make_request, reference
 
@@ -56,13 +57,17 @@ async def test_failure_in_prefill_fails_the_new_request(
 
 
 async def test_failure_in_a_decode_step_fails_every_running_request(
-    engine: LocalEngine, fail_once: Callable[[Condition], list[bool]], reference_model: Any, tokenizer: Any
+    engine: LocalEngine,
+    held: GatedScheduler,
+    fail_once: Callable[[Condition], list[bool]],
+    reference_model: Any,
+    tokenizer: Any,
 ) -> None:
     raised = fail_once(lambda ids: tuple(ids.shape) == (2, 1))
     first = engine.stream(make_request("A long answer, please.", 200))
     assert (await anext(first)).finish_reason is None
-    second = engine.stream(make_request("Another one.", 200))
-    outcomes = await asyncio.wait_for(asyncio.gather(drain(first), drain(second), return_exceptions=True), 10)
+    second = await queue_behind(held, engine.stream(make_request("Another one.", 200)))
+    outcomes = await asyncio.wait_for(asyncio.gather(drain(first), second, return_exceptions=True), 10)
     assert raised
     assert [type(o) for o in outcomes] == [EngineFailure, EngineFailure]
     assert all(isinstance(o.__cause__, RuntimeError) for o in outcomes)
@@ -71,17 +76,18 @@ async def test_failure_in_a_decode_step_fails_every_running_request(
 
 
 async def test_failure_leaves_waiting_requests_alone(
-    engine: LocalEngine, fail_once: Callable[[Condition], list[bool]], reference_model: Any, tokenizer: Any
+    engine: LocalEngine,
+    held: GatedScheduler,
+    fail_once: Callable[[Condition], list[bool]],
+    reference_model: Any,
+    tokenizer: Any,
 ) -> None:
-    assert engine._scheduler is not None
-    scheduler = engine._scheduler
-    raised = fail_once(lambda ids: ids.shape[1] == 1 and scheduler.waiting > 0)
+    raised = fail_once(lambda ids: ids.shape[1] == 1 and held.waiting > 0)
     full = engine.stream(make_request("Fill the batch.", 200, n=8))  # every row of the batch taken
     assert (await anext(full)).finish_reason is None
     waiting = make_request("Wait for a row.", 6)
-    outcomes = await asyncio.wait_for(
-        asyncio.gather(drain(full), drain(engine.stream(waiting)), return_exceptions=True), 10
-    )
+    late = await queue_behind(held, engine.stream(waiting))
+    outcomes = await asyncio.wait_for(asyncio.gather(drain(full), late, return_exceptions=True), 10)
     assert raised
     assert isinstance(outcomes[0], EngineFailure)
     assert outcomes[1] == {0: reference(reference_model, tokenizer, engine.encode(waiting.messages), 6)}

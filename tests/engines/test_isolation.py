@@ -19,6 +19,7 @@ from service.engines import scheduler as scheduler_module
 from service.engines.base import GenerationRequest
 from service.engines.local import EngineFailure, LocalEngine
 from service.engines.scheduler import Job
+from tests.gates import GatedScheduler, queue_behind
 
 from .helpers import Choice, drain, make_request, reference
 
@@ -108,13 +109,13 @@ async def test_a_row_that_fails_in_its_first_token_fails_its_request_alone(
 
 @pytest.mark.usefixtures("poisoned_sampler")
 async def test_a_row_that_fails_mid_decode_fails_its_request_alone(
-    engine: LocalEngine, victim: tuple[GenerationRequest, Choice]
+    engine: LocalEngine, held: GatedScheduler, victim: tuple[GenerationRequest, Choice]
 ) -> None:
     request, expected = victim
     victim_stream = engine.stream(request)
-    first = await anext(victim_stream)  # the victim is decoding before the poisoned request arrives
-    poisoned = engine.stream(make_request("Poison.", 8, temperature=1.0, seed=666))
-    rest, failure = await asyncio.gather(drain(victim_stream), drain(poisoned), return_exceptions=True)
+    first = await anext(victim_stream)  # the victim is held mid-answer while the poisoned one is queued
+    poisoned = await queue_behind(held, engine.stream(make_request("Poison.", 8, temperature=1.0, seed=666)))
+    rest, failure = await asyncio.gather(drain(victim_stream), poisoned, return_exceptions=True)
     assert isinstance(rest, dict)
     assert first.text + rest[0].text == expected.text and rest[0].finish_reason == expected.finish_reason
     assert isinstance(failure, EngineFailure) and isinstance(failure.__cause__, RuntimeError)

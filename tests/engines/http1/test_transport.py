@@ -268,11 +268,14 @@ async def test_a_reader_that_falls_behind_holds_the_server_back(
     response = await _post(transport, await serve(handler))
     body = aiter(response.stream)
     received = len(await anext(body))
-    await asyncio.sleep(0.5)  # the reader is busy elsewhere
     connection = response.stream._connection  # type: ignore[attr-defined]
+    async with asyncio.timeout(10):  # the reader is busy elsewhere while the server goes on sending
+        while connection.transport.is_reading():
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # and it stays held back while the reader is away
+    assert not connection.transport.is_reading()
     read_size = 256 * 1024  # the most asyncio's transports read at once
     assert connection._buffered <= HIGH_WATER + read_size  # held back, not 4 MiB read into memory
-    assert not connection.transport.is_reading()
     received += sum([len(chunk) async for chunk in body])
     assert received == pieces * len(piece)  # nothing lost on the way
     await transport.aclose()
