@@ -89,7 +89,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from .app import create_app
-    from .http_server import GatewayHttpProtocol
+    from .http_server import fit_file_limit, server_options
     from .model_store import prepare_model
 
     logging.basicConfig(
@@ -114,13 +114,14 @@ def serve(settings: Settings) -> None:
     )
     # Above info, uvicorn would still format every access line's fields only to drop the line.
     access_log = settings.log_level in ("debug", "info")
+    fit_file_limit(settings.max_connections)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=access_log,
-        http=GatewayHttpProtocol,
+        **server_options(settings),  # the HTTP protocol, its timeouts and the connection cap
     )
 
 

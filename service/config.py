@@ -96,6 +96,42 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to a vLLM replica")
     upstream_read_timeout: float = Field(300.0, gt=0, description="seconds a vLLM replica may stay silent")
     health_interval: float = Field(2.0, gt=0, description="seconds between vLLM replica health checks")
+    template_render_timeout: float = Field(
+        1.0, gt=0, description="seconds an L1 template may take to render; a slower version is refused"
+    )
+    max_template_chars: int = Field(
+        32_768, ge=256, description="the longest system prompt an L1 template may render, in characters"
+    )
+    max_prefill_tokens: int = Field(
+        8192,
+        ge=64,
+        description="embedded engine: prompt tokens (rows x the longest, padded) prefilled at once; "
+        "a prefill's memory grows with their square, and a longer prompt gets 400",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a client may take to send a request's head, counted from its connection or,"
+        " on a kept-alive one, from the request's first byte; slower: 408 and the connection closed",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a client may take to send a request's whole body once the head is in"
+        " (while the gateway is not reading, the clock does not run out); slower: 408 and closed",
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="seconds an idle connection stays open between requests"
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="connections served at once; a request on one more gets 503 (keep it below the"
+        " process's file limit, ulimit -n, which serve raises to its hard limit when it can)",
+    )
+    max_header_bytes: int = Field(
+        32_768, ge=1024, description="the largest request head (request line and headers); larger: 431"
+    )
 
     @classmethod
     def settings_customise_sources(

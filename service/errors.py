@@ -11,11 +11,14 @@ raises the matching exception class::
     ├── NotFoundError            404  NotFoundError
     │   └── ModelNotFoundError   404  NotFoundError (code model_not_found)
     ├── MethodNotAllowedError    405  APIStatusError
+    ├── RequestTimeoutError      408  APIStatusError (the SDK retries it)
     ├── RequestTooLargeError     413  APIStatusError
     ├── RateLimitError           429  RateLimitError
+    ├── HeadersTooLargeError     431  APIStatusError
     └── EngineUnavailableError   503  InternalServerError
 
-Envelope: ``{"error": {"message", "type", "param", "code"}}``.
+Envelope: ``{"error": {"message", "type", "param", "code"}}``. A value the client sent goes
+into a message through ``quoted``: an error must not hand back a 200 KB model name whole.
 """
 
 from __future__ import annotations
@@ -75,6 +78,12 @@ class MethodNotAllowedError(LoragateError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeoutError(LoragateError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class RequestTooLargeError(LoragateError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -87,6 +96,12 @@ class RateLimitError(LoragateError):
     default_code = "rate_limit_exceeded"
 
 
+class HeadersTooLargeError(LoragateError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "headers_too_large"
+
+
 class EngineUnavailableError(LoragateError):
     status_code = 503
     error_type = "service_unavailable"
@@ -97,3 +112,17 @@ def error_envelope(
     message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+ECHO_LIMIT = 256  # characters of a client's value an error message repeats
+
+
+def quoted(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``value`` in backticks for an error message: at most ``limit`` characters, control characters
+    escaped; a longer value is cut with an ellipsis and its length, so the client still recognises it.
+    """
+    text = value if isinstance(value, str) else str(value)
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text[: limit + 1])
+    if len(text) <= limit and len(shown) <= limit:
+        return f"`{shown}`"
+    return f"`{shown[:limit]}…` ({len(text)} characters)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from typing import Any
 
@@ -20,7 +21,24 @@ from .metrics import Metrics, attach
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID = 128  # characters of the client's request id kept
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 MAX_ERROR_BODY = 65_536  # an error envelope is far smaller; beyond this its type reads "unknown"
+
+
+def client_request_id(raw: bytes) -> str:
+    """The client's ``x-request-id``, as echoed in the answer, sent to vLLM and logged: at most
+    ``MAX_REQUEST_ID`` characters of printable ASCII (others dropped), so that it cannot carry
+    control characters into a log line or another server's request head.
+    """
+    given = raw[:MAX_REQUEST_ID].decode("latin-1")
+    if not (given.isascii() and given.isprintable()):
+        given = _NOT_PRINTABLE_ASCII.sub("", given)
+    return given.strip()
+
+
+def new_request_id() -> str:
+    return f"req-{secrets.token_hex(16)}"
 
 
 def request_id_of(scope: Scope) -> str:
@@ -37,8 +55,7 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")[:128]
-        request_id = given or f"req-{secrets.token_hex(16)}"
+        request_id = client_request_id(headers.get(REQUEST_ID_HEADER.encode(), b"")) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
 

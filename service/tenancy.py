@@ -50,7 +50,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import AuthenticationError, ModelNotFoundError, NotFoundError, PermissionDeniedError
+from .errors import AuthenticationError, ModelNotFoundError, NotFoundError, PermissionDeniedError, quoted
 from .keys import KeyStore, file_signature
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class TenantDirectory:
 
 
 def _department_denied(name: str) -> PermissionDeniedError:
-    return PermissionDeniedError(f"The department `{name}` is not available to this API key.")
+    return PermissionDeniedError(f"The department {quoted(name)} is not available to this API key.")
 
 
 class Tenancy:
@@ -296,7 +296,7 @@ class Tenancy:
         if department is None:
             if self.tenants.has_department(name):
                 raise _department_denied(name)
-            raise NotFoundError(f"The department `{name}` does not exist.", code="department_not_found")
+            raise NotFoundError(f"The department {quoted(name)} does not exist.", code="department_not_found")
         if requested is not None and pinned is not None and requested != pinned:
             raise _department_denied(name)
         if model == self.base_model:
@@ -305,11 +305,11 @@ class Tenancy:
             adapter = model
         elif self.tenants.has_adapter(model):
             raise PermissionDeniedError(
-                f"The model `{model}` is not available to this API key.", param="model"
+                f"The model {quoted(model)} is not available to this API key.", param="model"
             )
         else:
             raise ModelNotFoundError(
-                f"The model `{model}` does not exist or you do not have access to it.", param="model"
+                f"The model {quoted(model)} does not exist or you do not have access to it.", param="model"
             )
         return Route(tenant, department, adapter)
 

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 from loadtests.tiny_llama import write_tiny_llama
 from service.app import create_app
 from service.config import Settings
-from service.http_server import GatewayHttpProtocol
+from service.http_server import server_options
 from service.model_store import prepare_model
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -128,9 +128,8 @@ class LiveServer:
         self.port = free_port()
         self.ready_path = ready_path
         application = app if app is not None else create_app(settings)  # type: ignore[arg-type]
-        config = uvicorn.Config(
-            application, host="127.0.0.1", port=self.port, log_level="warning", http=GatewayHttpProtocol
-        )
+        options = server_options(settings if settings is not None else Settings())  # as `loragate serve`
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
