@@ -55,6 +55,7 @@ def local_engine(settings: Settings) -> Engine:
         threads=settings.threads,
         max_batch_size=settings.max_batch_size,
         max_context=settings.max_context,
+        max_prefill_tokens=settings.max_prefill_tokens,
         max_loaded_adapters=settings.max_loaded_adapters,
         prepare=None if settings.model_path else lambda: prepare_model(path),
     )
@@ -151,7 +152,12 @@ def create_app(
             settings.model_name,
             base_aliases=(str(settings.resolved_model_path), settings.resolved_model_path.name),
         )
-        templates = TemplateStore(settings.prompts_dir, telemetry)
+        templates = TemplateStore(
+            settings.prompts_dir,
+            telemetry,
+            render_timeout=settings.template_render_timeout,
+            max_chars=settings.max_template_chars,
+        )
         planner = Planner(settings, engine, tenancy, templates, registry)
         app.state.loragate = AppState(
             settings=settings,

@@ -3,7 +3,9 @@
 Order: tenant and department (``Tenancy.route``) -> adapter from the registry
 alias -> the department's L1 template rendered around the messages -> sampling
 limits (the tenant's ``max_tokens`` cap). The plan also names, for the response
-headers, which template version and adapter version served the request.
+headers, which template version and adapter version served the request (with a
+fallback, an earlier version than the file's). The system prompt is rendered on the
+template store's threads, never on the event loop, and cached (``TemplateStore.resolve``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from .config import Settings
 from .engines.base import ChatMessage, Engine, GenerationRequest, SamplingParams
 from .errors import InvalidRequestError, LoragateError
 from .metrics import UNKNOWN, RequestMetrics
-from .prompts import Template, TemplateError, TemplateStore
+from .prompts import Rendered, Template, TemplateError, TemplateRenderError, TemplateStore
 from .protocol import ChatCompletionRequest
 from .registry import Adapter, AdapterRejected, Registry
 from .tenancy import Principal, Route, Tenancy
@@ -73,22 +75,12 @@ class Planner:
         adapter = await self._adapter(route)
         if metrics is not None:
             metrics.routed(route.tenant.name, route.department.name, adapter.ref if adapter else None)
-        template = self._template(route)
+        rendered = await self._template(route)
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
         ]
-        if template is not None:
-            variables = {
-                **route.tenant.variables,
-                **route.department.variables,
-                "tenant": route.tenant.name,
-                "department": route.department.name,
-            }
-            try:
-                messages = self.templates.render(template, messages, variables)
-            except TemplateError as exc:
-                log.error("template %s failed to render: %s", template.ref, exc)
-                raise ServingConfigError("This department's prompt template could not be rendered.") from None
+        if rendered is not None:
+            messages = rendered.messages(messages)
         request = GenerationRequest(
             request_id=request_id,
             messages=messages,
@@ -96,6 +88,7 @@ class Planner:
             n=body.n,
             adapter=adapter.ref if adapter else None,
         )
+        template = rendered.template if rendered is not None else None  # the version that served
         return Plan(request=request, route=route, template=template, adapter=adapter)
 
     async def _adapter(self, route: Route) -> Adapter | None:
@@ -109,12 +102,22 @@ class Planner:
         await self.engine.ensure_adapter(adapter.ref, adapter.path)
         return adapter
 
-    def _template(self, route: Route) -> Template | None:
+    async def _template(self, route: Route) -> Rendered | None:
+        """The department's template, rendered off the event loop (cached; see service.prompts)."""
         name = route.department.template
         if name is None:
             return None
+        variables = {
+            **route.tenant.variables,
+            **route.department.variables,
+            "tenant": route.tenant.name,
+            "department": route.department.name,
+        }
         try:
-            return self.templates.get(name)
+            return await self.templates.resolve(name, variables)
+        except TemplateRenderError as exc:
+            log.error("template %s cannot serve department %s: %s", name, route.department.name, exc)
+            raise ServingConfigError("This department's prompt template could not be rendered.") from None
         except TemplateError as exc:
             log.error("template %s cannot be loaded: %s", name, exc)
             raise ServingConfigError("This department's prompt template is not available.") from None

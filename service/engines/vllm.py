@@ -220,7 +220,7 @@ class VllmEngine:
             body = {"lora_name": name, "lora_path": str(self._paths[name])}
             response = await self._http.post(f"{replica.url}/v1/load_lora_adapter", json=body)
             if response.status_code != 200 and "already" not in response.text:
-                reason = error_message(_json(response), response.text[:300])
+                reason = error_message(_json(response), response.text)[:300]  # vLLM's text, capped
                 status = response.status_code
                 log.error("replica %s refused adapter %s (%s): %s", replica.name, name, status, reason)
                 raise AdapterLoadError(f"The model server could not load the adapter `{name}`: {reason}")

@@ -199,5 +199,5 @@ async def test_template_reloads_and_failures(
     assert await ask() == 200
     assert reloads(await scrape(gateway)) == (2, 1)
     template.write_text('version: "3"\nsystem: "{{ no_such_variable }}"\n')
-    assert await ask() == 500  # loads, cannot render
+    assert await ask() == 200  # loads, cannot render: version 2 keeps serving
     assert reloads(await scrape(gateway)) == (3, 2)

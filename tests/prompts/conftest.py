@@ -1,9 +1,10 @@
-"""Fixtures for the L1 template tests: a prompts folder in a tmp dir and a store over it."""
+"""Fixtures for the L1 template tests: a prompts folder in a tmp dir and stores over it."""
 
 from __future__ import annotations
 
 import os
 import textwrap
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from service.prompts import TemplateStore
 
 WriteTemplate = Callable[[str, str], Path]
+LIMIT = 0.5  # seconds: the render time limit of the `bounded` store (and of test_gateway's)
 
 VALID = """\
     version: "1"
@@ -46,3 +48,28 @@ def write(prompts_root: Path) -> WriteTemplate:
         return path
 
     return write_template
+
+
+class Events:
+    """A TemplateEvents that counts, per template name."""
+
+    def __init__(self) -> None:
+        self.loaded: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+
+    def template_loaded(self, name: str) -> None:
+        self.loaded[name] += 1
+
+    def template_failed(self, name: str) -> None:
+        self.failed[name] += 1
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def bounded(prompts_root: Path, events: Events) -> TemplateStore:
+    """A store with a short render time limit (0.5 s), reporting to ``events``."""
+    return TemplateStore(prompts_root, events, render_timeout=LIMIT)
