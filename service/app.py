@@ -116,7 +116,7 @@ class LoragateApp(FastAPI):
     """FastAPI, but requests for the chat path go to their own stack, ahead of the framework's.
 
     The chat route is the gateway's hot path; FastAPI's layers would cost it about as much
-    CPU per request as the rest of its work (BENCHMARKS.md). The other routes are FastAPI's.
+    CPU per request as the rest of its work (docs/benchmarks.md). The other routes are FastAPI's.
     """
 
     def __init__(self, chat_stack: ASGIApp, **options: Any):

@@ -5,7 +5,7 @@ body part as it comes. Each write is a syscall and wakes the client; on a host w
 cores, the woken client is often run on the gateway's own core and holds it until it has
 read what came and waits again (about a millisecond per wake-up on the 2-core VM after an
 idle gap, where the gateway needs a fraction of that for the rest of the answer;
-BENCHMARKS.md). So writes wait for the end of the loop's current pass, as uvloop does
+docs/benchmarks.md). So writes wait for the end of the loop's current pass, as uvloop does
 itself when a socket is busy and as Node's ``http`` does with a response's head: the head
 leaves with the first body bytes, and the events of a one-token answer in one write.
 Nothing waits for more than the pass that produced it.

@@ -3,7 +3,7 @@
 This is the gateway's hot path, so it runs ahead of FastAPI (``LoragateApp``) and skips its
 per-request machinery: middleware layers, routing, dependency injection, Request and
 Response objects, a task group per streamed response. Together they cost more CPU per
-request than everything else the gateway does (BENCHMARKS.md). Its own stack gives it
+request than everything else the gateway does (docs/benchmarks.md). Its own stack gives it
 what the other routes get from theirs: request ids, the body limit and OpenAI error
 envelopes (``GatewayMiddleware``), and metrics (``MetricsMiddleware``). FastAPI documents
 it in openapi.json (``document``) from the same pydantic models.

@@ -4,7 +4,7 @@ The gateway relays every chat request to vLLM, so the client's own cost per requ
 to every answer. CPU per request on this project's 2-vCPU host, one-token streams one after
 another from a bare upstream, through httpx's Request and Response: httpcore (httpx's own)
 0.95-1.08 ms, aiohttp 0.44-0.59 ms, this transport 0.27-0.32 ms, and 0.23 ms by ``exchange``,
-which the vLLM backend's chat requests use (BENCHMARKS.md). It is small because the vLLM hop
+which the vLLM backend's chat requests use (docs/benchmarks.md). It is small because the vLLM hop
 needs little of a general client: plain ``http`` to a few known servers, bodies in memory,
 answers read as they come. What it does:
 
