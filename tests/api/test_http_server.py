@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from service.http_server import PassWriteTransport
+from service.http_server import GatewayHttpProtocol, PassWriteTransport
 from tests.conftest import LiveServer
 
 HANG_GUARD = 30.0  # seconds: only a broken server makes a test wait this long
@@ -84,6 +84,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
     with LiveServer(app=app, ready_path="/ready") as live:
+        protocol = live.server.config.http_protocol_class
+        assert issubclass(protocol, GatewayHttpProtocol), "uvicorn's own protocol: see test_uvicorn_canary.py"
         yield live
 
 

@@ -60,6 +60,7 @@ class LimitedServer(LiveServer):
     def __init__(self, settings: Settings):
         super().__init__(app=app, ready_path="/ready")
         options = server_options(settings)
+        assert options["http"] != "httptools", "uvicorn's own protocol: see tests/api/test_uvicorn_canary.py"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
