@@ -10,6 +10,8 @@ until then, in both the engine and ``generate``), greedy, on the same prompts:
 - ``engine, concurrency C``: C concurrent requests into the embedded engine
 - ``decode steps only, batch B``: bare forward passes on a warm cache, no prefill and
   no sampling: the hardware's ceiling for any batching scheme on this machine
+
+The latest report, with its machine and date: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -26,29 +27,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from loadtests.common import PROMPTS, machine
 from service.engines.base import ChatMessage, GenerationRequest, SamplingParams
 from service.engines.kv_batch import slack_cache
 from service.engines.local import LocalEngine
 from service.model_store import prepare_model
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a short poem about the sea.",
-    "Explain gravity in one sentence.",
-    "List three uses of a paperclip.",
-    "How do I reset a forgotten password on a laptop?",
-    "Summarise the plot of Romeo and Juliet.",
-    "What are the benefits of regular exercise?",
-    "Give me a recipe for pancakes.",
-    "Why is the sky blue?",
-    "Translate 'good morning' into Spanish and French.",
-    "What is a LoRA adapter in machine learning?",
-    "Describe a cat to someone who has never seen one.",
-    "How does a refrigerator keep food cold?",
-    "Write an email asking for a day off.",
-    "What should I pack for a weekend hiking trip?",
-    "Tell me a fun fact about octopuses.",
-]
 
 
 @dataclass
@@ -142,13 +125,6 @@ def print_table(rows: list[Row], reference: Row) -> None:
             f"{r.name:<30}{r.concurrency:>6}{r.requests:>6}{r.tokens:>8}{r.seconds:>9.2f}"
             f"{r.tokens_per_s:>9.1f}{ratio:>7.1f}x"
         )
-
-
-def machine() -> str:
-    return (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, python {platform.python_version()}"
-    )
 
 
 async def main(args: argparse.Namespace) -> None:

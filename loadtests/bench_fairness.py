@@ -5,7 +5,8 @@ Part of ``make bench``: ``bench_instant`` runs it while the gateway is in front 
 One-token requests go through the gateway one at a time, first alone, then while another
 process streams 8000-token answers back to back and reads them as fast as it can. When the
 upstream is ahead of the gateway, the relay could go from event to event without ever
-letting the event loop run, and the other requests would wait for the stream.
+letting the event loop run, and the other requests would wait for the stream. The latest
+figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import statistics
 import httpx
 from tqdm import tqdm
 
-from loadtests.bench_vllm import DEPARTMENTS, PROMPTS, Target, one
+from loadtests.common import DEPARTMENTS, PROMPTS, Target, one
 
 LONG_TOKENS = 8000  # the stand-in's context is 8192
 
@@ -37,7 +38,7 @@ def fairness(via: Target, requests: int = 60) -> dict[str, float]:
     finally:
         reader.terminate()
         reader.join()
-    figures = {}
+    figures: dict[str, float] = {}
     print("one-token requests through the gateway while another client streams as fast as it can:")
     for name, latencies in (("alone", alone), ("beside_fast_stream", beside)):
         ordered = sorted(latencies)

@@ -5,7 +5,8 @@ upstream that does no work is the gateway's own. For scale, ``floor_relay`` (a b
 none of the gateway's work) is probed the same way in the same run. Each is probed twice on
 hosts with two CPUs or more: as the processes fall, then on a core of its own (``own_core``).
 After the gateway's probes, ``bench_fairness`` checks that one fast stream does not hold up the rest.
-Before them, ``bench_client`` sets the vLLM hop's HTTP client beside httpx's own.
+Before them, ``bench_client`` sets the vLLM hop's HTTP client beside httpx's own. The latest
+figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,18 +21,9 @@ from tqdm import tqdm
 
 from loadtests.bench_client import bench_client
 from loadtests.bench_fairness import fairness
-from loadtests.bench_vllm import (
-    MODEL,
-    Target,
-    paired_probe,
-    spawn_module,
-    start_floor,
-    start_gateway,
-    stop,
-    targets,
-    wait_for,
-)
+from loadtests.common import MODEL, Target, paired_probe, targets
 from loadtests.probe import Probe, own_core
+from loadtests.servers import spawn_module, start_floor, start_gateway, stop, wait_for
 
 
 def bench_instant(

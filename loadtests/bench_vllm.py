@@ -10,18 +10,20 @@ Load: ``--concurrency`` clients stream chat completions of exactly ``--new-token
 - through the gateway (``loragate serve --engine vllm --upstream ...``, its own process), and
 - to vLLM directly (``model`` = the adapter's name in vLLM, the same messages),
 
-in alternating rounds after a warm-up of each, so that both see the same machine. Their added
-latency is vLLM's spread on requests of half a minute; what the gateway adds to each request is
-resolved by a paired probe (one-token requests, one at a time, gateway and direct in turn)
-against vLLM serving a tiny random model, whose compute is negligible, as on a GPU
-(``bench_vllm_probe.py``). It prints the added p50 with its 95% interval, whether that shows the
-target met, and the gateway process's CPU time per request (``probe.cpu_seconds``). A bare relay
-(``floor_relay.py``: none of the gateway's work) is probed in turns with the gateway against the
-same vLLM, for scale. The probe runs again with ``instant_upstream`` (a stand-in that answers at
-once) in vLLM's place: what the gateway adds there is its own work (``bench_instant.py``, beside
-a bare relay for scale, each also on a core of its own). Then the embedded engine (``loragate
-serve --engine local``) serves the same load. Figures: tokens/s over each round, per-request
-latency (start to last byte) and time to first token.
+in alternating rounds after a warm-up of each, so that both see the same machine. On a CPU
+host the difference in their latency is lost in vLLM's own spread on requests this long; what
+the gateway adds to each request is resolved by a paired probe (one-token requests, one at a
+time, gateway and direct in turn) against vLLM serving a tiny random model, whose compute is
+negligible, as on a GPU (``bench_vllm_probe.py``). It prints the added p50 with its 95%
+interval, whether that shows the target met, and the gateway process's CPU time per request
+(``probe.cpu_seconds``). A bare relay (``floor_relay.py``: none of the gateway's work) is
+probed in turns with the gateway against the same vLLM, for scale. The probe runs again with
+``instant_upstream`` (a stand-in that answers at once) in vLLM's place: what the gateway adds
+there is its own work (``bench_instant.py``, beside a bare relay for scale, each also on a core
+of its own). Then the embedded engine (``loragate serve --engine local``) serves the same load.
+Figures: tokens/s over each round, per-request latency (start to last byte) and time to first
+token, printed and written to ``bench-results/vllm.json``. The latest report, with its machine
+and date: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -29,10 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,25 +40,15 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from loadtests.bench_engine import PROMPTS, machine
-from loadtests.probe import Probe, cpu_seconds, per_request_ms, percentile
+from loadtests.bench_instant import bench_instant
+from loadtests.bench_vllm_probe import probe_tiny_vllm, report_tiny
+from loadtests.common import DEPARTMENTS, DIRECT, MODEL, PROMPTS, VIA, Target, machine, one, targets
+from loadtests.probe import percentile
+from loadtests.servers import build_world, start_gateway, stop
 from loadtests.vllm_server import start_cpu_vllm
 from service.model_store import prepare_model
 
-MODEL = "SmolLM2-135M-Instruct"
-TARGET_MS = 2.0  # the issue's target for what the gateway adds, p50
-VIA, DIRECT, EMBEDDED = "gateway -> vLLM", "vLLM direct", "gateway -> embedded engine"
-FLOOR = "floor relay"
-DEPARTMENTS = ("plain", "it", "legal")
-TENANTS = """
-tenants:
-  acme:
-    default_department: plain
-    departments:
-      plain: {}
-      it: {adapter: acme-it}
-      legal: {adapter: acme-legal}
-"""
+EMBEDDED = "gateway -> embedded engine"
 
 
 @dataclass
@@ -73,44 +62,6 @@ class Round:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
-
-
-@dataclass
-class Target:
-    """Where requests go and how each department's request is addressed there."""
-
-    name: str
-    url: str  # .../v1/chat/completions
-    headers: dict[str, str]
-    models: dict[str, str]  # department -> body "model"
-    department_header: bool
-
-
-async def one(client: httpx.AsyncClient, target: Target, department: str, prompt: str, new_tokens: int):
-    body = {
-        "model": target.models[department],
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": new_tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    headers = target.headers | ({"X-Department": department} if target.department_header else {})
-    started = time.perf_counter()
-    first = None
-    tokens = 0
-    async with client.stream("POST", target.url, json=body, headers=headers) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - started
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    return time.perf_counter() - started, first or 0.0, tokens
 
 
 async def run_round(target: Target, requests: int, concurrency: int, new_tokens: int, bar: tqdm) -> Round:
@@ -132,84 +83,6 @@ async def run_round(target: Target, requests: int, concurrency: int, new_tokens:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.seconds = time.perf_counter() - started
     return result
-
-
-async def paired_probe(
-    via: Target, direct: Target, pairs: int, gateway_pid: int, bar: tqdm, upstream_pid: int | None = None
-) -> Probe:
-    """Added latency without load noise: one-token requests, gateway and direct in turn, one at a time.
-
-    The order alternates, so neither side always comes second (warm caches, a woken vLLM).
-    """
-    added = []
-    gateway_before = cpu_seconds(gateway_pid)
-    upstream_before = cpu_seconds(upstream_pid) if upstream_pid else None
-    async with httpx.AsyncClient(timeout=60) as client:
-        for i in range(pairs):
-            department, prompt = DEPARTMENTS[i % 3], PROMPTS[i % len(PROMPTS)]
-            latency = {}
-            for target in (via, direct) if i % 2 == 0 else (direct, via):
-                latency[target.name] = (await one(client, target, department, prompt, 1))[0]
-            added.append(latency[via.name] - latency[direct.name])
-            bar.update(1)
-    gateway = per_request_ms(gateway_pid, gateway_before, pairs)
-    upstream = None
-    if upstream_pid and upstream_before:  # it serves both sides of each pair
-        upstream = per_request_ms(upstream_pid, upstream_before, 2 * pairs)
-    return Probe(added, gateway, upstream)
-
-
-def build_world(root: Path, model_dir: Path, served: str = MODEL) -> str:
-    """Registry with two demo adapters on ``model_dir`` (served as ``served``), tenants file, an API
-    key for acme. Returns the key."""
-    from adapters.demo import build
-    from service.keys import KeyStore
-    from service.registry import Registry
-    from service.tenancy import TenantDirectory
-
-    registry = Registry(root / "registry", served, base_aliases=(str(model_dir), model_dir.name))
-    for seed, name in ((1, "acme-it"), (2, "acme-legal")):
-        trained = build(model_dir, root / "trained" / name, seed=seed)
-        adapter = registry.publish(trained, name=name, level="L2")
-        registry.promote(name, adapter.ref)
-    (root / "tenants.yaml").write_text(TENANTS)
-    (root / "prompts").mkdir(exist_ok=True)
-    return KeyStore(root / "keys.json", TenantDirectory(root / "tenants.yaml", served)).create("acme")[1]
-
-
-def start_gateway(
-    root: Path, port: int, engine: list[str], model_dir: Path, log: Path, served: str = MODEL
-) -> subprocess.Popen:
-    args = [
-        str(Path(".venv/bin/loragate").resolve()), "serve", "--port", str(port), "--log-level", "warning",
-        "--model-path", str(model_dir), "--model-name", served, "--dtype", "float32",
-        "--tenants-file", str(root / "tenants.yaml"), "--keys-file", str(root / "keys.json"),
-        "--registry-dir", str(root / "registry"), "--prompts-dir", str(root / "prompts"),
-        "--max-batch-size", "16", "--default-max-tokens", "64", *engine,
-    ]  # fmt: skip
-    env = {**os.environ, "LORAGATE_API_KEY": "sk-bench-" + "x" * 24}
-    with log.open("ab") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"the gateway did not become ready; see {log}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def summarise(rounds: list[Round]) -> dict[str, float]:
@@ -270,44 +143,6 @@ def bench_vllm(
     return rounds, via
 
 
-def targets(gateway_port: int, upstream: str, key: str, served: str) -> tuple[Target, Target]:
-    """The gateway (tenant acme's key, a department header) and its upstream addressed directly."""
-    via = Target(VIA, f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
-                 {"Authorization": f"Bearer {key}"}, dict.fromkeys(DEPARTMENTS, served), True)  # fmt: skip
-    direct = Target(DIRECT, f"{upstream}/v1/chat/completions", {},
-                    {"plain": served, "it": "acme-it@1", "legal": "acme-legal@1"}, False)  # fmt: skip
-    return via, direct
-
-
-def spawn_module(log: Path, module: str, *argv: str) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module, *argv], stdout=out, stderr=subprocess.STDOUT)
-
-
-def start_floor(
-    port: int, upstream: str, models: dict[str, str], log: Path
-) -> tuple[subprocess.Popen, Target]:
-    """The bare relay (``floor_relay``) in front of ``upstream``, answering, and its target."""
-    relay = spawn_module(log, "loadtests.floor_relay", str(port), upstream)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", relay)
-    except RuntimeError:
-        stop(relay)
-        raise
-    return relay, Target(FLOOR, f"http://127.0.0.1:{port}/v1/chat/completions", {}, models, False)
-
-
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer")
-
-
 def bench_embedded(args: argparse.Namespace, root: Path, model_dir: Path, via: Target) -> list[Round]:
     """The same load on ``loragate serve --engine local`` (vLLM stopped by now)."""
     local = start_gateway(root, args.gateway_port, ["--engine", "local"], model_dir, root / "local.log")
@@ -327,9 +162,6 @@ def main(args: argparse.Namespace) -> None:
     key = build_world(root, model_dir)
     print(f"{machine()}\nstarting vLLM (30-70 s) and the gateway; logs in {root}")
     rounds, via = bench_vllm(args, root, model_dir, key)
-    from loadtests.bench_instant import bench_instant  # these build on this module
-    from loadtests.bench_vllm_probe import probe_tiny_vllm, report_tiny
-
     figures = report_tiny(probe_tiny_vllm(args, root, model_dir))
 
     instant, figures["fairness"], figures["client"] = bench_instant(args, root, model_dir, key)

@@ -1,15 +1,16 @@
 """What the gateway adds in front of real vLLM, resolved: the paired probe on a tiny model.
 
-Part of ``make bench`` (``loadtests/bench_vllm.py``). On this CPU host a one-token request to
-vLLM serving SmolLM2 is ~0.3 s of matrix products that vary by about 10% from one request to
-the next: tens of milliseconds of noise, which no affordable number of pairs brings under the
-2 ms to resolve. vLLM serving a 2-layer random Llama of hidden size 64 (``tiny_llama``, with
-SmolLM2's tokenizer and chat template) spends next to nothing on them, as a GPU would. A
-one-token request is then vLLM's own serving path (HTTP, tokenizer, scheduler, detokenizer):
-~18 ms, give or take 4. The gateway and a bare relay (``floor_relay``) are probed against it in
-turns, in blocks, and each figure is printed with its 95% interval: first as the processes fall
-on the host's cores, then each relay on a core of its own, with vLLM and the probe's client on
-the others (``own_core``), as in production, where the gateway shares no cores with them.
+Part of ``make bench`` (``loadtests/bench_vllm.py``). On a CPU host a one-token request to vLLM
+serving SmolLM2 is mostly matrix products, whose time varies from one request to the next by
+far more than the 2 ms target: no affordable number of pairs resolves 2 ms in that noise. vLLM
+serving a 2-layer random Llama of hidden size 64 (``testkit/tiny_llama.py``, with SmolLM2's
+tokenizer and chat template) spends next to nothing on them, as a GPU would. A one-token
+request is then vLLM's own serving path (HTTP, tokenizer, scheduler, detokenizer), steady
+enough for the probe to resolve 2 ms. The gateway and a bare relay (``floor_relay``) are
+probed against it in turns, in blocks, and each figure is printed with its 95% interval: first
+as the processes fall on the host's cores, then each relay on a core of its own, with vLLM and
+the probe's client on the others (``own_core``), as in production, where the gateway shares no
+cores with them. The latest figures, and the noise they are measured against: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,21 +24,11 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from loadtests.bench_vllm import (
-    DEPARTMENTS,
-    TARGET_MS,
-    Target,
-    build_world,
-    one,
-    paired_probe,
-    start_floor,
-    start_gateway,
-    stop,
-    targets,
-)
+from loadtests.common import DEPARTMENTS, TARGET_MS, Target, one, paired_probe, targets
 from loadtests.probe import Probe, own_core, session_pids, verdict
-from loadtests.tiny_llama import write_tiny_llama
+from loadtests.servers import build_world, start_floor, start_gateway, stop
 from loadtests.vllm_server import start_cpu_vllm
+from testkit.tiny_llama import write_tiny_llama
 
 TINY = "tiny-random-llama"
 

@@ -21,7 +21,8 @@ import httpx
 from tqdm import tqdm
 
 from adapters.data import FORMAT_CHECKS, load_instructions, prompt_text
-from loadtests.bench_vllm import MODEL, start_gateway, stop
+from loadtests.common import MODEL
+from loadtests.servers import start_gateway, stop
 from loadtests.vllm_server import start_cpu_vllm
 from service.keys import KeyStore
 from service.model_store import prepare_model

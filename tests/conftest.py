@@ -17,11 +17,11 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from loadtests.tiny_llama import write_tiny_llama
 from service.app import create_app
 from service.config import Settings
 from service.http_server import server_options
 from service.model_store import prepare_model
+from testkit.tiny_llama import write_tiny_llama
 
 API_KEY = "sk-test-0123456789abcdef"
 TINY_MODEL = "tiny-llama"

@@ -1,7 +1,9 @@
-"""A tiny random Llama that speaks SmolLM2's tokenizer and chat template: for tests and the probe.
+"""A tiny random Llama that speaks SmolLM2's tokenizer and chat template.
 
-Its compute is negligible, so vLLM serving it spends its time on its own serving path (HTTP,
-tokenizer, scheduler, detokenizer), as it does on a GPU, not on this CPU's matrix products.
+Its compute is negligible. The tests get a model that loads and answers at once on
+the embedded engine and on vLLM; the benchmark's probe (``loadtests/bench_vllm_probe.py``) gets
+a vLLM that spends its time on its own serving path (HTTP, tokenizer, scheduler,
+detokenizer), as it does on a GPU, not on this CPU's matrix products.
 """
 
 from __future__ import annotations
