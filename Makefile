@@ -66,8 +66,8 @@ bench: model vllm
 	$(PY) -m loadtests.bench_vllm
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service tests loadtests adapters
-	$(VENV)/bin/ruff format --check service tests loadtests adapters
+	$(VENV)/bin/ruff check service tests loadtests adapters testkit
+	$(VENV)/bin/ruff format --check service tests loadtests adapters testkit
 
 # The README's architecture picture, from its Graphviz source (needs `dot`: apt-get install graphviz).
 docs: docs/architecture.png

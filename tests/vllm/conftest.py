@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from tests.conftest import TINY_MODEL, LiveServer, write_tiny_llama
+from testkit.tiny_llama import write_tiny_llama
+from tests.conftest import TINY_MODEL, LiveServer
 from tests.vllm.servers import MAX_MODEL_LEN, VLLM_PYTHON, VllmServer, tiny_server
 from tests.worlds import Deployment, build_deployment
 
