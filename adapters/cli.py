@@ -31,10 +31,11 @@ from .recipe import Recipe, RecipeError, field_help, load_recipe
 STEPS = ("sft", "reward", "rl", "dpo", "rlaif", "eval")
 
 
-def add_train_commands(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_train_commands(commands: argparse._SubParsersAction, help_line: str) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """``train`` and its steps; ``help_line`` is its line in ``loragate --help`` (service.cli.TRAIN_HELP)."""
     parser = commands.add_parser(
         "train",
-        help="the adapter factory: sft, reward, rl, dpo, rlaif, eval, publish",
+        help=help_line,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

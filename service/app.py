@@ -68,7 +68,7 @@ def vllm_engine(settings: Settings) -> Engine:
     supervisor = None
     upstream = settings.upstream
     if settings.spawn:
-        registry = Registry(settings.registry_dir, settings.model_name)
+        registry = Registry.from_settings(settings)
         ranks = [a.manifest.rank for name in registry.names() for a in registry.versions(name)]
         command = VllmCommand(
             python=settings.vllm_python,
@@ -115,8 +115,8 @@ def engine_kind(engine: Engine) -> str:
 class LoragateApp(FastAPI):
     """FastAPI, but requests for the chat path go to their own stack, ahead of the framework's.
 
-    The chat route is the gateway's hot path; FastAPI's layers would cost it about as much
-    CPU per request as the rest of its work (docs/benchmarks.md). The other routes are FastAPI's.
+    The chat route is the gateway's hot path and skips FastAPI's per-request layers
+    (``service/api/chat.py`` says why). The other routes are FastAPI's.
     """
 
     def __init__(self, chat_stack: ASGIApp, **options: Any):
@@ -147,11 +147,7 @@ def create_app(
             engine.subscribe(telemetry)
         telemetry.build_info(__version__, engine_kind(engine), settings.model_name)
         tenancy = build_tenancy(settings)
-        registry = Registry(
-            settings.registry_dir,
-            settings.model_name,
-            base_aliases=(str(settings.resolved_model_path), settings.resolved_model_path.name),
-        )
+        registry = Registry.from_settings(settings)
         templates = TemplateStore(
             settings.prompts_dir,
             telemetry,

@@ -10,6 +10,9 @@
 
 Every setting is an option of ``serve`` (``loragate serve --help``) and an
 environment variable with the ``LORAGATE_`` prefix.
+
+The adapter factory (``adapters``, and through it TRL and torch) is imported only for ``train``:
+the gateway does not depend on it, and ``serve`` starts without it.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from adapters.cli import add_train_commands, run_train
-
 from .cli_adapters import add_adapter_commands, run_adapters
 from .config import Settings, SettingsError, load_settings
 
@@ -30,6 +31,7 @@ if typing.TYPE_CHECKING:
     from .keys import KeyStore
 
 _SECRET_FIELDS = {"api_key"}  # not on the command line: it would show in `ps`
+TRAIN_HELP = "the adapter factory: sft, reward, rl, dpo, rlaif, eval, publish"
 
 
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +61,12 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for ``argv``: ``train``'s steps are added only when ``argv`` is a ``train`` command.
+
+    Otherwise ``train`` is a placeholder that lists it in ``loragate --help``, so that the other
+    commands never import the adapter factory.
+    """
     parser = argparse.ArgumentParser(prog="loragate", description="OpenAI-compatible LoRA serving gateway")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the gateway", description="Start the gateway.")
@@ -69,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--data-dir", type=Path, default=None)
     _add_keys_commands(commands)
     add_adapter_commands(commands)
-    add_train_commands(commands)
+    if list(argv[:1]) == ["train"]:
+        from adapters.cli import add_train_commands
+
+        add_train_commands(commands, TRAIN_HELP)
+    else:
+        commands.add_parser("train", help=TRAIN_HELP)
     return parser
 
 
@@ -193,7 +205,8 @@ def _print_keys(store: KeyStore, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         if args.command == "serve":
             serve(_settings(args))
@@ -207,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "adapters":
             return run_adapters(args, _settings(args))
         elif args.command == "train":
+            from adapters.cli import run_train
+
             return run_train(args)
     except SettingsError as exc:
         print(f"loragate: invalid settings: {exc}", file=sys.stderr)

@@ -37,13 +37,8 @@ def add_adapter_commands(commands: argparse._SubParsersAction) -> argparse.Argum
     return parser
 
 
-def registry_of(settings: Settings) -> Registry:
-    path = settings.resolved_model_path
-    return Registry(settings.registry_dir, settings.model_name, base_aliases=(str(path), path.name))
-
-
 def run_adapters(args: argparse.Namespace, settings: Settings) -> int:
-    registry = registry_of(settings)
+    registry = Registry.from_settings(settings)
     try:
         if args.verb == "list":
             _print_listing(registry)

@@ -29,18 +29,15 @@ import logging
 import os
 import secrets
 import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 from .errors import NotFoundError
-
-if TYPE_CHECKING:
-    from .tenancy import TenantDirectory
+from .reloading import FileWatch
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +61,41 @@ class KeyStoreError(ValueError):
     """A keys file that cannot be read; the message names the file (and never holds a key or hash)."""
 
 
+class Scopes(Protocol):
+    """What a new key's tenant and department are checked against (``tenancy.TenantDirectory``).
+
+    A protocol, so that this module need not import ``tenancy``, which imports it.
+    """
+
+    def check_scope(self, tenant: str, department: str | None) -> None: ...
+
+
+class _Keys(NamedTuple):
+    entries: _Entries
+    active: Mapping[str, KeyRecord]  # hash -> record, the keys not revoked
+
+    @classmethod
+    def of(cls, entries: _Entries) -> _Keys:
+        return cls(entries, {digest: record for digest, record in entries if not record.revoked})
+
+
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def file_signature(path: Path | str) -> tuple[int, int, int] | None:
-    """What changes when a file is edited or replaced (None when it is missing): for reloading on change."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 class KeyStore:
     """The keys file; ``tenants`` checks that a new key's tenant and department exist."""
 
-    def __init__(self, path: Path, tenants: TenantDirectory):
+    def __init__(self, path: Path, tenants: Scopes):
         self.path = path
         self.tenants = tenants
-        self._lock = threading.Lock()
-        self._signature = file_signature(path)
-        self._entries: _Entries = []
-        self._active: dict[str, KeyRecord] = {}  # hash -> record, the keys not revoked
-        self._use(self._read())
+        self._keys = FileWatch(
+            path,
+            self._load,
+            refused=KeyStoreError,
+            log=log,
+            keeps="the previous keys stay in force",
+        )
 
     def create(self, tenant: str, department: str | None = None) -> tuple[str, str]:
         """A new key for ``tenant`` (pinned to ``department`` if given): ``(key_id, key)``.
@@ -116,28 +124,16 @@ class KeyStore:
 
     def lookup(self, key: str) -> KeyRecord | None:
         """The record of an active key, or None (unknown or revoked): one dict lookup by its hash."""
-        self._current()
-        return self._active.get(_digest(key))
+        return self._keys.current().active.get(_digest(key))
 
     def list(self) -> builtins.list[KeyRecord]:
         """Every key's record (never the key or its hash), oldest first."""
-        return sorted((record for _, record in self._current()), key=lambda r: (r.created, r.key_id))
+        entries = self._keys.current().entries
+        return sorted((record for _, record in entries), key=lambda r: (r.created, r.key_id))
 
     # -- the file ------------------------------------------------------------------------------------
-    def _current(self) -> _Entries:
-        with self._lock:
-            signature = file_signature(self.path)
-            if signature != self._signature:
-                self._signature = signature  # a broken version is reported once, not on every request
-                try:
-                    self._use(self._read())
-                except KeyStoreError as exc:
-                    log.error("%s; the previous keys stay in force", exc)
-            return self._entries
-
-    def _use(self, entries: _Entries) -> None:
-        self._entries = entries
-        self._active = {digest: record for digest, record in entries if not record.revoked}
+    def _load(self) -> _Keys:
+        return _Keys.of(self._read())
 
     def _read(self) -> _Entries:
         try:

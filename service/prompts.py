@@ -26,11 +26,12 @@ A render has limits (:mod:`service.prompt_limits`): ``render_timeout`` seconds a
 no single operation building more than twice ``max_chars`` characters, and at most
 ``max_chars`` characters of system prompt; past one of them the render fails.
 
-Hot reload: the file is stat-ed on every use and read again when its mtime or size changed. A
-file that cannot be loaded (YAML, schema, Jinja syntax, forbidden construct) is refused with a
-logged error, once per version of the file, and the last good version keeps serving; with no
-good version yet, ``get`` raises :class:`TemplateError`. Loads, refusals and failed renders are
-also reported to the store's :class:`TemplateEvents` (the gateway's metrics).
+Hot reload: the file is stat-ed on every use and read again when its signature (mtime, size and
+inode, :func:`service.reloading.signature`) changed. A file that cannot be loaded (YAML, schema,
+Jinja syntax, forbidden construct) is refused with a logged error, once per version of the file,
+and the last good version keeps serving; with no good version yet, ``get`` raises
+:class:`TemplateError`. Loads, refusals and failed renders are also reported to the store's
+:class:`TemplateEvents` (the gateway's metrics).
 
 Serving (:meth:`TemplateStore.resolve`, what the gateway awaits for each request): the event loop
 only stats the file and looks up caches; reading, compiling and rendering run on the store's
@@ -66,6 +67,7 @@ from . import prompt_sandbox
 from .engines.base import ChatMessage
 from .prompt_schema import COT_MODES, KEYS, CotMode, Template, parse_template  # noqa: F401 (re-exported)
 from .reasoning import COT_INSTRUCTION
+from .reloading import Signature, signature
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,14 @@ class Rendered:
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    signature: tuple[int, int] | None  # (mtime_ns, size) of the file last read; None: missing
+    """One template file as last read.
+
+    Not a :class:`service.reloading.FileWatch`: entries are made per name on first use, the stat
+    runs on the event loop while the read runs on the store's threads (concurrent requests share
+    one read), and a refused version keeps its error, raised while there is no good version.
+    """
+
+    signature: Signature | None  # of the file last read; None: missing
     good: Template | None  # the latest version that loaded
     error: str | None  # why the file at `signature` was refused
 
@@ -147,6 +156,7 @@ class TemplateStore:
         self._env = prompt_sandbox.BoundedEnvironment()
         self._lock = threading.Lock()  # held only to read or update the dicts below
         self._entries: dict[str, _Entry] = {}
+        self._files: dict[str, tuple[Path, str]] = {}  # name -> its file, and the str the hot path stats
         self._compiled: OrderedDict[str, jinja2.Template] = OrderedDict()
         self._texts: OrderedDict[_Key, Rendered | str] = OrderedDict()  # str: why it did not render
         self._served: OrderedDict[tuple[str, Frozen], Rendered] = OrderedDict()
@@ -158,10 +168,21 @@ class TemplateStore:
             raise TemplateError(f"invalid template name {name!r}: use folder/name, letters, digits, _ and -")
         return self.root / f"{name}.yaml"
 
+    def _file(self, name: str) -> tuple[Path, str]:
+        """``name``'s file, and its path as a str: made once per name (building them costs more than a stat).
+
+        The names served come from the tenants file's departments, so this stays as small as that file.
+        """
+        file = self._files.get(name)
+        if file is None:  # an invalid name raises here, every time, and is not kept
+            path = self.path(name)
+            file = self._files[name] = (path, str(path))
+        return file
+
     # -- blocking API: file reads and Jinja in the calling thread ----------------------------
     def get(self, name: str) -> Template:
-        path = self.path(name)
-        entry = self._refresh(name, path, _signature(path))
+        path, file = self._file(name)
+        entry = self._refresh(name, path, signature(file))
         if entry.good is None:
             raise TemplateError(entry.error)
         return entry.good
@@ -193,13 +214,11 @@ class TemplateStore:
         return rendered
 
     async def _latest(self, name: str) -> Template:
-        path = self.path(name)
-        signature = _signature(path)  # a stat: cheap enough for the loop
+        path, file = self._file(name)
+        now = signature(file)  # a stat: cheap enough for the loop
         entry = self._entries.get(name)
-        if entry is None or entry.signature != signature:
-            entry = await self._off_loop(
-                ("load", name, signature), None, self._refresh, name, path, signature
-            )
+        if entry is None or entry.signature != now:
+            entry = await self._off_loop(("load", name, now), None, self._refresh, name, path, now)
         if entry.good is None:
             raise TemplateError(entry.error)
         return entry.good
@@ -269,7 +288,7 @@ class TemplateStore:
             _put(self._texts, key, result, CACHE_SIZE)
 
     # -- loading -----------------------------------------------------------------------------
-    def _refresh(self, name: str, path: Path, signature: tuple[int, int] | None) -> _Entry:
+    def _refresh(self, name: str, path: Path, signature: Signature | None) -> _Entry:
         with self._lock:
             entry = self._entries.get(name)
         if entry is not None and entry.signature == signature:
@@ -280,7 +299,7 @@ class TemplateStore:
         return entry
 
     def _reload(
-        self, name: str, path: Path, signature: tuple[int, int] | None, previous: Template | None
+        self, name: str, path: Path, signature: Signature | None, previous: Template | None
     ) -> _Entry:
         try:
             if signature is None:
@@ -355,14 +374,6 @@ class TemplateStore:
                 f"{self.path(template.name)}: cannot render the system prompt of {template.ref}: "
                 f"{type(exc).__name__}: {_short(exc)} (variables: {', '.join(sorted(values))})"
             ) from exc
-
-
-def _signature(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
 
 
 def _today() -> str:

@@ -19,15 +19,18 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from .errors import LoragateError
+from .reloading import FileWatch, Signature, signatures
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 VLLM_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
 _REFUSED_INITS = ("pissa", "olora", "loftq", "corda", "eva")
@@ -116,35 +119,41 @@ def check_servable(folder: Path) -> dict[str, Any]:
     return config
 
 
-Stamp = tuple[tuple[int, int], ...]
-
-
-def _stamp(files: tuple[str, ...]) -> Stamp:
-    """(mtime, size) of an adapter's files; (0, -1) for a missing one."""
-    stamps = []
-    for file in files:
-        try:
-            stat = os.stat(file)
-        except FileNotFoundError:
-            stamps.append((0, -1))
-        else:
-            stamps.append((stat.st_mtime_ns, stat.st_size))
-    return tuple(stamps)
+Stamp = tuple[Signature | None, ...]  # the signatures of an adapter's files, None for a missing one
 
 
 class Registry:
+    """Adapters and aliases under ``root``; both are looked at again when their files change.
+
+    The aliases file is a :class:`~service.reloading.FileWatch` that keeps no "last good" version:
+    only ``promote`` and ``rollback`` write it, atomically, so a broken one is an error to raise (on
+    every look-up until it is fixed), not an edit to ride out. Adapters are not a watch at all: a
+    version's three files share one stamp, checked on every use, and files that change and then
+    fail the checks must be refused, never served as they were.
+    """
+
     def __init__(self, root: Path, base_model: str, base_aliases: tuple[str, ...] = ()):
         self.root = root
         self.base_model = base_model
         # other names of the served base (its folder, a hub id) that adapters may record
         self._base_names = {n.casefold() for n in (base_model, *base_aliases)}
-        self._lock = threading.Lock()
-        self._aliases: dict[str, dict[str, Any]] = {}
-        self._aliases_mtime: float | None = None
         # (name, version) -> its files, and the adapter checked against their stamps: checks once per version
         self._files: dict[tuple[str, int], tuple[str, ...]] = {}
         self._checked: dict[tuple[str, int], tuple[Stamp, Adapter]] = {}
         self._aliases_file = root / "aliases.json"
+        self._aliases: FileWatch[dict[str, dict[str, Any]]] = FileWatch(
+            self._aliases_file, self._load_aliases, initial={}
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        """The gateway's registry: ``settings.registry_dir``, for the served model under any of its names.
+
+        The model's folder (and its last part) count as the base model's names, so adapters trained
+        on the packaged model's path are accepted by ``publish``.
+        """
+        path = settings.resolved_model_path
+        return cls(settings.registry_dir, settings.model_name, base_aliases=(str(path), path.name))
 
     # -- adapters ------------------------------------------------------------
     def _folder(self, name: str, version: int) -> Path:
@@ -203,7 +212,7 @@ class Registry:
             files = self._files[key] = tuple(
                 str(self._folder(name, version) / f) for f in (MANIFEST, CONFIG, WEIGHTS)
             )
-        stamp = _stamp(files)
+        stamp = signatures(files)
         checked = self._checked.get(key)
         if checked is not None and checked[0] == stamp:
             return checked[1]
@@ -241,19 +250,13 @@ class Registry:
     # -- aliases -------------------------------------------------------------
     def aliases(self) -> dict[str, str]:
         """alias -> "name@version", re-read when the file changed."""
-        return {alias: entry["current"] for alias, entry in self._read_aliases().items()}
+        return {alias: entry["current"] for alias, entry in self._aliases.current().items()}
 
-    def _read_aliases(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            try:
-                mtime = os.stat(self._aliases_file).st_mtime_ns
-            except FileNotFoundError:
-                self._aliases, self._aliases_mtime = {}, None
-                return {}
-            if mtime != self._aliases_mtime:
-                self._aliases = json.loads(self._aliases_file.read_text())["aliases"]
-                self._aliases_mtime = mtime
-            return self._aliases
+    def _load_aliases(self) -> dict[str, dict[str, Any]]:
+        try:
+            return json.loads(self._aliases_file.read_text())["aliases"]
+        except FileNotFoundError:
+            return {}
 
     def _write_aliases(self, aliases: dict[str, dict[str, Any]]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -274,7 +277,7 @@ class Registry:
         if not version.isdigit():
             raise AdapterRejected(f"{ref!r} is not of the form name@version")
         adapter = self.load(name, int(version))
-        aliases = {k: dict(v) for k, v in self._read_aliases().items()}
+        aliases = {k: dict(v) for k, v in self._aliases.current().items()}
         entry = aliases.setdefault(alias, {"current": None, "history": []})
         if entry["current"] == adapter.ref:
             return adapter.ref
@@ -286,7 +289,7 @@ class Registry:
 
     def rollback(self, alias: str) -> str:
         """Point ``alias`` back at its previous target."""
-        aliases = {k: dict(v) for k, v in self._read_aliases().items()}
+        aliases = {k: dict(v) for k, v in self._aliases.current().items()}
         entry = aliases.get(alias)
         if not entry or not entry.get("history"):
             raise AdapterRejected(f"alias {alias!r} has no earlier version to roll back to")

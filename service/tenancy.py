@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,8 @@ from pydantic import (
 )
 
 from .errors import AuthenticationError, ModelNotFoundError, NotFoundError, PermissionDeniedError, quoted
-from .keys import KeyStore, file_signature
+from .keys import KeyStore
+from .reloading import FileWatch
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,12 @@ class TenantDirectory:
     def __init__(self, path: Path | None, base_model: str):
         self.path = path
         self.base_model = base_model
-        self._lock = threading.Lock()
-        self._signature = file_signature(path) if path else None
-        self._snapshot = self._load() if path else _Snapshot.of([builtin_tenant()])
+        self._file: FileWatch[_Snapshot] | None = None
+        self._builtin = _Snapshot.of([builtin_tenant()])  # single-tenant mode: no file to watch
+        if path is not None:
+            self._file = FileWatch(
+                path, self._load, refused=TenantsFileError, log=log, on_loaded=self._loaded
+            )
 
     def get(self, name: str) -> Tenant | None:
         return self._current().tenants.get(name)
@@ -224,18 +227,10 @@ class TenantDirectory:
             raise NotFoundError(f"{source}: tenant {tenant!r} has no department {department!r}")
 
     def _current(self) -> _Snapshot:
-        if self.path is None:
-            return self._snapshot
-        with self._lock:
-            signature = file_signature(self.path)
-            if signature != self._signature:
-                self._signature = signature  # a broken version is reported once, not on every request
-                try:
-                    self._snapshot = self._load()
-                    log.info("tenants file %s reloaded (%d tenants)", self.path, len(self._snapshot.tenants))
-                except TenantsFileError as exc:
-                    log.error("%s; the previous version keeps serving", exc)
-            return self._snapshot
+        return self._builtin if self._file is None else self._file.current()
+
+    def _loaded(self, snapshot: _Snapshot) -> None:
+        log.info("tenants file %s reloaded (%d tenants)", self.path, len(snapshot.tenants))
 
     def _load(self) -> _Snapshot:
         assert self.path is not None

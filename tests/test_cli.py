@@ -154,3 +154,33 @@ def test_vllm_options_parse_to_settings() -> None:
     assert settings.affinity_slack == 2 and settings.spawn is False
     spawn = cli._settings(cli.build_parser().parse_args(["serve", "--engine", "vllm", "--spawn"]))
     assert spawn.spawn is True and spawn.upstream == []
+
+
+def test_the_gateway_never_imports_the_adapter_factory() -> None:
+    """``serve`` (all but ``train``) must start without adapters/ and TRL: they load for ``train`` only."""
+    check = (
+        "import sys; from service import cli; cli.serve = lambda settings: None; "
+        "assert cli.main(['serve']) == 0; "
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] in ('adapters', 'trl')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        cwd=Path(__file__).parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_train_is_listed_and_its_help_is_complete() -> None:
+    listing = loragate("--help")
+    assert listing.returncode == 0, listing.stderr
+    assert cli.TRAIN_HELP in " ".join(listing.stdout.split())  # the line argparse wrapped
+    train = loragate("train", "--help")
+    assert train.returncode == 0, train.stderr
+    for step in ("sft", "reward", "rl", "dpo", "rlaif", "eval", "publish", "chain", "fields", "summary"):
+        assert step in train.stdout
+    assert "--recipe" in loragate("train", "sft", "--help").stdout

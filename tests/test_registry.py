@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import service.registry as registry_module
+from service.config import Settings
 from service.registry import AdapterRejected, Registry, check_servable
 
 from .demo_adapters import make_adapter
@@ -113,3 +114,28 @@ def test_promote_refuses_unknown_versions(registry: Registry) -> None:
         registry.promote("it", "helpdesk@9")
     with pytest.raises(AdapterRejected, match="name@version"):
         registry.promote("it", "helpdesk")
+
+
+def test_a_broken_aliases_file_raises_until_it_is_fixed(registry: Registry) -> None:
+    """Unlike the keys and tenants files, the aliases file has no last good version to keep serving."""
+    assert registry.aliases() == {}
+    registry.root.mkdir(parents=True)
+    (registry.root / "aliases.json").write_text("{not json")
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            registry.aliases()
+    (registry.root / "aliases.json").write_text('{"aliases": {"it": {"current": "helpdesk@1"}}}')
+    assert registry.aliases() == {"it": "helpdesk@1"}
+
+
+def test_from_settings_knows_the_served_model_by_its_folder(
+    tmp_path: Path, tiny_model_dir: Path, adapter_dir: Path
+) -> None:
+    settings = Settings(
+        registry_dir=tmp_path / "registry", model_name="tiny-llama", model_path=tiny_model_dir
+    )
+    registry = Registry.from_settings(settings)
+    assert (registry.root, registry.base_model) == (tmp_path / "registry", "tiny-llama")
+    assert (
+        registry.publish(adapter_dir, name="helpdesk", level="L2").ref == "helpdesk@1"
+    )  # trained on the folder
