@@ -100,7 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(summary([load_recipe(path) for path in args.recipes]))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from service.errors import LoragateError
+    from service.registry import AdapterRejected
 
     from .data import DataError
 
@@ -117,7 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
     except (RecipeError, DataError, StepError) as exc:
         print(f"loragate train {args.step}: {exc}", file=sys.stderr)
         return 1
-    except LoragateError as exc:  # AdapterRejected from the registry's checks
+    except AdapterRejected as exc:  # the registry's checks
         print(f"loragate train {args.step}: {exc.message}", file=sys.stderr)
         return 1
     return 0

@@ -4,6 +4,9 @@ Status codes follow openai-python's ``_make_status_error`` so that the SDK
 raises the matching exception class::
 
     LoragateError (500, InternalServerError)
+    ├── EngineFailure            500  InternalServerError (generation failed in the engine)
+    ├── ServingConfigError       500  InternalServerError (the deployment's adapter or template)
+    ├── AdapterLoadError         500  InternalServerError (code adapter_load_failed)
     ├── InvalidRequestError      400  BadRequestError
     │   └── ContextLengthError   400  BadRequestError (code context_length_exceeded)
     ├── AuthenticationError      401  AuthenticationError
@@ -15,7 +18,13 @@ raises the matching exception class::
     ├── RequestTooLargeError     413  APIStatusError
     ├── RateLimitError           429  RateLimitError
     ├── HeadersTooLargeError     431  APIStatusError
+    ├── ClientDisconnected       499  (never sent: the client is gone; for logs and metrics)
+    ├── UpstreamError            502  InternalServerError (a vLLM replica failed the request)
     └── EngineUnavailableError   503  InternalServerError
+
+Every error that becomes an HTTP answer is defined here. Domain code below the API raises
+these, or its own exceptions that the layer calling it maps here (as the planner does with
+``AdapterRejected`` and ``TemplateError``).
 
 Envelope: ``{"error": {"message", "type", "param", "code"}}``. A value the client sent goes
 into a message through ``quoted``: an error must not hand back a 200 KB model name whole.
@@ -39,6 +48,20 @@ class LoragateError(Exception):
 
     def envelope(self) -> dict[str, Any]:
         return error_envelope(self.message, self.error_type, self.param, self.code)
+
+
+class EngineFailure(LoragateError):
+    """Generation failed inside the engine (500)."""
+
+
+class ServingConfigError(LoragateError):
+    """The deployment's own configuration (adapter, template) cannot serve this request (500)."""
+
+
+class AdapterLoadError(LoragateError):
+    """vLLM refused to load a registry adapter: the deployment's problem, not the client's (500)."""
+
+    default_code = "adapter_load_failed"
 
 
 class InvalidRequestError(LoragateError):
@@ -100,6 +123,19 @@ class HeadersTooLargeError(LoragateError):
     status_code = 431
     error_type = "invalid_request_error"
     default_code = "headers_too_large"
+
+
+class ClientDisconnected(LoragateError):
+    status_code = 499
+    error_type = "client_closed_request"
+
+
+class UpstreamError(LoragateError):
+    """vLLM failed this request (502: a gateway in front of a failing server)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
 
 
 class EngineUnavailableError(LoragateError):

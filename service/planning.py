@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .engines.base import ChatMessage, Engine, GenerationRequest, SamplingParams
-from .errors import InvalidRequestError, LoragateError
+from .errors import InvalidRequestError, ServingConfigError
 from .metrics import UNKNOWN, RequestMetrics
 from .prompts import Rendered, Template, TemplateError, TemplateRenderError, TemplateStore
 from .protocol import ChatCompletionRequest
@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 TEMPLATE_HEADER = "x-loragate-template"
 ADAPTER_HEADER = "x-loragate-adapter"
 DEPARTMENT_HEADER = "x-loragate-department"
-
-
-class ServingConfigError(LoragateError):
-    """The deployment's own configuration (adapter, template) cannot serve this request (500)."""
 
 
 @dataclass(frozen=True)

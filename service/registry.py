@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .errors import LoragateError
 from .reloading import FileWatch, Signature, signatures
 
 if TYPE_CHECKING:
@@ -39,12 +38,13 @@ CONFIG = "adapter_config.json"
 MANIFEST = "manifest.json"
 
 
-class AdapterRejected(LoragateError):
-    """An adapter that must not be registered or served."""
+class AdapterRejected(ValueError):
+    """An adapter that must not be registered or served (a domain error: the planner maps it to a 500
+    for the deployment's own adapter, the commands print it)."""
 
-    status_code = 400
-    error_type = "invalid_request_error"
-    default_code = "adapter_rejected"
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
 class AdapterManifest(BaseModel):

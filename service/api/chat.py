@@ -2,8 +2,9 @@
 
 This is the gateway's hot path, so it runs ahead of FastAPI (``LoragateApp``) and skips its
 per-request machinery: middleware layers, routing, dependency injection, Request and
-Response objects, a task group per streamed response. Together they cost more CPU per
-request than everything else the gateway does (docs/benchmarks.md). Its own stack gives it
+Response objects, a task group per streamed response, which cost CPU on every request
+(measured when the route left them: ``git log -p -- BENCHMARKS.md``, "The hot path
+rewritten"). Its own stack gives it
 what the other routes get from theirs: request ids, the body limit and OpenAI error
 envelopes (``GatewayMiddleware``), and metrics (``MetricsMiddleware``). FastAPI documents
 it in openapi.json (``document``) from the same pydantic models.
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from ..errors import InvalidRequestError, LoragateError, MethodNotAllowedError
+from ..errors import ClientDisconnected, InvalidRequestError, MethodNotAllowedError
 from ..metrics import recorder_of
 from ..middleware import request_id_of
 from ..protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
@@ -113,11 +114,6 @@ async def send_json(send: Send, content: Any, headers: dict[str, str]) -> None:
 
 def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-
-
-class ClientDisconnected(LoragateError):
-    status_code = 499
-    error_type = "client_closed_request"
 
 
 async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:

@@ -1,12 +1,13 @@
-"""An httpx transport for plain HTTP/1.1 on asyncio, with httptools' C parser: the vLLM hop's client.
+"""Plain HTTP/1.1 on asyncio, with httptools' C parser: the vLLM hop's default ``UpstreamClient``.
 
 The gateway relays every chat request to vLLM, so the client's own cost per request is added
 to every answer. CPU per request on this project's 2-vCPU host, one-token streams one after
 another from a bare upstream, through httpx's Request and Response: httpcore (httpx's own)
-0.95-1.08 ms, aiohttp 0.44-0.59 ms, this transport 0.27-0.32 ms, and 0.23 ms by ``exchange``,
-which the vLLM backend's chat requests use (docs/benchmarks.md). It is small because the vLLM hop
-needs little of a general client: plain ``http`` to a few known servers, bodies in memory,
-answers read as they come. What it does:
+0.95-1.08 ms, aiohttp 0.44-0.59 ms, this transport 0.27-0.32 ms, and 0.23 ms by ``request``
+(``exchange``), the ``UpstreamClient`` method (``upstream.py``) that all the vLLM backend's calls
+use (docs/benchmarks.md). It is also an httpx transport (``handle_async_request``). It is small
+because the vLLM hop needs little of a general client: plain ``http`` to a few known servers,
+bodies in memory, answers read as they come. What it does:
 
 - keeps connections alive per server, up to ``max_connections`` requests at once (then waits,
   up to the pool timeout), idle ones dropped after ``keepalive_expiry`` or when the server
@@ -72,7 +73,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
         headers: Iterable[tuple[bytes, bytes]],
         timeouts: Mapping[str, float | None],
     ) -> Answer:
-        """``exchange`` for ``method`` with ``content`` to ``url``, ``host`` and ``content-length`` added."""
+        """``exchange`` for ``method`` with ``content`` to ``url``, ``host`` and ``content-length`` added
+        (``UpstreamClient.request``: the answer is an ``UpstreamReply``)."""
+        if url.scheme != "http":  # not TLS to port 80 in plain text: httpx's pool (``HttpxUpstream``) does it
+            raise httpx.UnsupportedProtocol(f"Plain-HTTP requests only, not {url}.")
         head = [*headers, (b"host", url.netloc), (b"content-length", b"%d" % len(content))]
         message = request_head(method, url.raw_path, head) + content
         return await self.exchange((url.host, url.port or 80), message, timeouts)
@@ -84,7 +88,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
         Returns once the answer's head is in. This is ``handle_async_request`` without httpx's
         Request and Response objects, which cost about as much CPU as the exchange itself:
-        the vLLM backend's chat requests come here directly (by ``request``).
+        the vLLM backend's calls come here directly (by ``request``).
         """
         await self._acquire(timeouts.get("pool"))
         connection = self._take_idle(origin)

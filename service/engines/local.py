@@ -15,21 +15,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ContextLengthError, EngineUnavailableError, LoragateError, ModelNotFoundError
+from ..errors import ContextLengthError, EngineFailure, EngineUnavailableError, ModelNotFoundError
 from .base import ChatMessage, Delta, EngineEvents, EngineHealth, GenerationRequest
 from .scheduler import Job, Scheduler
 
 log = logging.getLogger(__name__)
 
 
-class EngineFailure(LoragateError):
-    """Generation failed inside the engine (500)."""
-
-
 def auto_dtype(device: str) -> Any:
     """bfloat16 where the hardware computes it natively (GPUs, AVX512/AMX CPUs), else float32.
 
-    On an AVX2-only CPU, bfloat16 matmuls are emulated and run ~2x slower than float32.
+    On an AVX2-only CPU, bfloat16 matmuls are emulated, slower than float32 (docs/benchmarks.md).
     """
     import torch
 

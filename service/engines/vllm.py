@@ -1,10 +1,10 @@
-"""The vLLM backend: one or more vLLM OpenAI servers (``vllm serve ... --enable-lora``) over httpx.
+"""The vLLM backend: one or more vLLM OpenAI servers (``vllm serve ... --enable-lora``) over HTTP.
 
-- The HTTP client is httpx over the gateway's own HTTP/1.1 transport (``http1``: asyncio
-  and httptools' C parser: half of aiohttp's CPU per request, a quarter of httpcore's);
-  tests hand in an ``httpx.MockTransport`` instead. Chat requests go to the transport
-  directly: ``AsyncClient.send``'s redirects, cookies and auth hooks are per-request
-  work a relay to a known server does not need.
+- Every call to a replica goes through one ``UpstreamClient`` (``upstream.py``), and the backend
+  never asks which it has: by default the gateway's own HTTP/1.1 client (``http1``: asyncio and
+  httptools' C parser, no httpx Request or Response per call: a quarter of httpcore's CPU per
+  request); ``HttpxUpstream`` over httpx's own pool (TLS, proxies), or over an
+  ``httpx.MockTransport`` in the unit tests. Failures are httpx's exception classes either way.
 
 - Requests go out as streamed chat completions with ``model`` = the adapter's name
   in vLLM (the registry ref, ``name@version``) or the base model; the SSE reply is
@@ -35,15 +35,14 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import ModelNotFoundError
+from ..errors import AdapterLoadError, ModelNotFoundError, UpstreamError
 from .base import Delta, EngineEvents, EngineHealth, GenerationRequest
-from .http1 import Answer, Http1Transport
+from .http1 import Http1Transport
 from .routing import Replica, Router
+from .upstream import UpstreamClient, UpstreamReply, fetch
 from .vllm_spawn import VllmSupervisor
 from .vllm_wire import (
-    AdapterLoadError,
     ChunkReader,
-    UpstreamError,
     chat_body,
     data_lines,
     error_message,
@@ -55,7 +54,9 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
 _GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
 MISSES_TO_DOWN = 3  # health checks in a row without an answer in time before a replica is taken out
+HEALTH_TIMEOUT = 2.0  # /health: an answer later than this is a missed check
 GAUGES_TIMEOUT = 30.0  # vLLM's /metrics, read in the background: late is better than nothing
+_JSON = [(b"content-type", b"application/json")]
 
 
 class VllmEngine:
@@ -70,7 +71,7 @@ class VllmEngine:
         read_timeout: float = 300.0,
         health_interval: float = 2.0,
         max_connections: int = 1024,
-        transport: httpx.AsyncBaseTransport | None = None,
+        client: UpstreamClient | None = None,
         supervisor: VllmSupervisor | None = None,
     ):
         self.model_name = model_name
@@ -79,11 +80,10 @@ class VllmEngine:
         self.router = Router(replicas, affinity_slack)
         self._capacity = max_loaded_adapters
         self._health_interval = health_interval
-        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30.0, pool=30.0)
-        self._timeouts = self._timeout.as_dict()  # for requests that go to the transport directly
+        timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30.0, pool=30.0)
+        self._timeouts = timeout.as_dict()
         self._chat_urls = {r.url: httpx.URL(f"{r.url}/v1/chat/completions") for r in replicas}  # parsed once
-        self._transport = transport or Http1Transport(max_connections)
-        self._http = httpx.AsyncClient(timeout=self._timeout, transport=self._transport)
+        self._client: UpstreamClient = client or Http1Transport(max_connections)
         self._paths: dict[str, Path] = {}  # adapter name -> registry folder
         self._events = EngineEvents()
         self._checker: asyncio.Task[None] | None = None
@@ -102,7 +102,7 @@ class VllmEngine:
         if self._checker is not None:
             self._checker.cancel()
             await asyncio.gather(self._checker, return_exceptions=True)
-        await self._http.aclose()
+        await self._client.aclose()
         if self.supervisor is not None:
             await self.supervisor.close()
 
@@ -134,7 +134,8 @@ class VllmEngine:
         take it out of service (and make the gateway forget what it holds).
         """
         try:
-            alive = (await self._http.get(f"{replica.url}/health", timeout=2.0)).status_code == 200
+            status, _ = await self._get(f"{replica.url}/health", HEALTH_TIMEOUT)
+            alive = status == 200
             if alive and not replica.up:
                 await self._sync(replica)
             replica.missed_checks = 0
@@ -159,9 +160,10 @@ class VllmEngine:
 
     async def _sync(self, replica: Replica) -> None:
         """Read what a replica (new, or back from the dead) serves: its base model and adapters."""
-        response = await self._http.get(f"{replica.url}/v1/models", timeout=5.0)
-        response.raise_for_status()
-        models = response.json()["data"]
+        status, body = await self._get(f"{replica.url}/v1/models", 5.0)
+        if not 200 <= status < 300:
+            raise ValueError(f"/v1/models answered {status}")
+        models = json.loads(body)["data"]
         base = next(m for m in models if not m.get("parent"))
         replica.base_model = base["id"]
         replica.max_model_len = int(base.get("max_model_len") or 0)
@@ -187,7 +189,7 @@ class VllmEngine:
 
     async def _read_gauges(self, replica: Replica) -> None:
         try:
-            text = (await self._http.get(f"{replica.url}/metrics", timeout=GAUGES_TIMEOUT)).text
+            text = (await self._get(f"{replica.url}/metrics", GAUGES_TIMEOUT))[1].decode(errors="replace")
         except httpx.HTTPError as exc:
             log.debug("replica %s: no /metrics (%s); counting the gateway's own requests", replica.name, exc)
             replica.gauges = {"running": replica.inflight}
@@ -218,10 +220,10 @@ class VllmEngine:
             await self._make_room(replica)
             started = time.perf_counter()
             body = {"lora_name": name, "lora_path": str(self._paths[name])}
-            response = await self._http.post(f"{replica.url}/v1/load_lora_adapter", json=body)
-            if response.status_code != 200 and "already" not in response.text:
-                reason = error_message(_json(response), response.text)[:300]  # vLLM's text, capped
-                status = response.status_code
+            status, answer = await self._post(f"{replica.url}/v1/load_lora_adapter", body)
+            text = answer.decode(errors="replace")
+            if status != 200 and "already" not in text:
+                reason = error_message(_json(text), text)[:300]  # vLLM's text, capped
                 log.error("replica %s refused adapter %s (%s): %s", replica.name, name, status, reason)
                 raise AdapterLoadError(f"The model server could not load the adapter `{name}`: {reason}")
             replica.adapters[name] = None
@@ -234,7 +236,7 @@ class VllmEngine:
                 return  # every held adapter is in use: go over the limit for now
             del replica.adapters[victim]
             try:
-                await self._http.post(f"{replica.url}/v1/unload_lora_adapter", json={"lora_name": victim})
+                await self._post(f"{replica.url}/v1/unload_lora_adapter", {"lora_name": victim})
             except httpx.HTTPError as exc:
                 log.warning("replica %s: unloading %s failed: %s", replica.name, victim, exc)
             self._events.adapter_evicted(victim)
@@ -249,7 +251,8 @@ class VllmEngine:
             replica = self.router.pick(request.adapter, tried)
             with replica.serving(request.adapter):
                 try:
-                    async with self._open(replica, request) as response:
+                    response = await self._send(replica, request)
+                    try:
                         if response.status_code == 404 and request.adapter and not reloaded:
                             replica.adapters.pop(request.adapter, None)  # the replica lost it (restart)
                             reloaded = True
@@ -259,63 +262,49 @@ class VllmEngine:
                         async for delta in self._relay(response, request.n):
                             yield delta
                         return
+                    finally:
+                        await response.aclose()  # unread: the connection closes and vLLM aborts
                 except _RETRYABLE as exc:
                     log.warning("replica %s failed before answering (%s); trying another", replica.name, exc)
                     replica.up = False
                     self._events.replica_health(replica.name, False)
                     tried.append(replica)
 
-    def _open(self, replica: Replica, request: GenerationRequest) -> _Upstream:
-        return _Upstream(self, replica, request)
+    async def _send(self, replica: Replica, request: GenerationRequest) -> UpstreamReply:
+        """The adapter loaded on the replica, then the chat request sent: its reply, head in."""
+        if request.adapter is not None:
+            await self._load_on(replica, request.adapter)
+        model = request.adapter or replica.base_model or self.model_name
+        content = json.dumps(chat_body(request, model)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request.request_id.encode("latin-1", "replace")),
+        ]
+        url = self._chat_urls[replica.url]
+        return await self._client.request("POST", url, content, headers, self._timeouts)
 
-    async def _relay(self, response: httpx.Response | Answer, n: int) -> AsyncIterator[Delta]:
+    async def _relay(self, response: UpstreamReply, n: int) -> AsyncIterator[Delta]:
         reader = ChunkReader(n)
         try:
-            async for data in data_lines(response.stream):
+            async for data in data_lines(response):
                 for delta in reader.feed(data):
                     yield delta
         except httpx.HTTPError as exc:
             raise UpstreamError("The connection to the model server broke while generating.") from exc
         if reader.ended < n:
             raise UpstreamError("The model server ended the stream before the answer was complete.")
-        if isinstance(response, Answer):  # after [DONE]: the answer ends before the body's last bytes
-            response.release_at_end()
+        response.release_at_end()  # after [DONE]: the answer ends before the body's last bytes
+
+    # -- the other calls: whole answers ---------------------------------------------
+    async def _get(self, url: str, timeout: float) -> tuple[int, bytes]:
+        return await fetch(self._client, "GET", url, b"", (), httpx.Timeout(timeout).as_dict())
+
+    async def _post(self, url: str, body: object) -> tuple[int, bytes]:
+        return await fetch(self._client, "POST", url, json.dumps(body).encode(), _JSON, self._timeouts)
 
 
-class _Upstream:
-    """``async with``: the adapter loaded on the replica, then the streamed response open."""
-
-    def __init__(self, engine: VllmEngine, replica: Replica, request: GenerationRequest):
-        self.engine, self.replica, self.request = engine, replica, request
-        self._response: httpx.Response | Answer | None = None
-
-    async def __aenter__(self) -> httpx.Response | Answer:
-        engine, replica, request = self.engine, self.replica, self.request
-        if request.adapter is not None:
-            await engine._load_on(replica, request.adapter)
-        model = request.adapter or replica.base_model or engine.model_name
-        url = engine._chat_urls[replica.url]
-        content = json.dumps(chat_body(request, model)).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"x-request-id", request.request_id.encode("latin-1", "replace")),
-        ]
-        transport = engine._transport
-        if isinstance(transport, Http1Transport):  # no httpx Request and Response: half the hop's CPU
-            self._response = await transport.request("POST", url, content, headers, engine._timeouts)
-        else:  # tests' MockTransport
-            extensions = {"timeout": engine._timeouts}
-            http_request = httpx.Request("POST", url, content=content, headers=headers, extensions=extensions)
-            self._response = await transport.handle_async_request(http_request)
-        return self._response
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._response is not None:
-            await self._response.aclose()  # unread: the connection closes and vLLM aborts
-
-
-def _json(response: httpx.Response) -> object:
+def _json(text: str) -> object:
     try:
-        return response.json()
+        return json.loads(text)
     except ValueError:
         return None

@@ -16,24 +16,11 @@ from ..errors import (
     InvalidRequestError,
     LoragateError,
     ModelNotFoundError,
+    UpstreamError,
 )
 from .base import Delta, FinishReason, GenerationRequest
 
 BURST = 8  # events relayed in a row before others get the event loop (the last chunks of an answer fit)
-
-
-class UpstreamError(LoragateError):
-    """vLLM failed this request (502: a gateway in front of a failing server)."""
-
-    status_code = 502
-    error_type = "upstream_error"
-    default_code = "upstream_error"
-
-
-class AdapterLoadError(LoragateError):
-    """vLLM refused to load a registry adapter: the deployment's problem, not the client's (500)."""
-
-    default_code = "adapter_load_failed"
 
 
 def chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:

@@ -1,8 +1,11 @@
-"""A scripted vLLM server behind ``httpx.MockTransport``, for fast unit tests of the vLLM backend.
+"""A scripted vLLM server for fast unit tests of the vLLM backend, over either upstream client.
 
 Each ``FakeVllm`` answers like one replica: /health, /v1/models, /metrics, runtime adapter
 loading and streamed chat completions whose tokens are the words of ``reply``. Its
-knobs script failures; ``calls`` records what the backend sent.
+knobs script failures; ``calls`` records what the backend sent. A ``Cluster`` of them sits
+behind ``httpx.MockTransport`` (``HttpxUpstream`` over it), or, after ``listen``, on real
+sockets on 127.0.0.1 for the gateway's own HTTP/1.1 client and for httpx's pool
+(``client``): the same scripts, and the same assertions, over every ``UpstreamClient``.
 """
 
 from __future__ import annotations
@@ -11,9 +14,16 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import httpx
+
+from service.engines.http1 import Http1Transport
+from service.engines.upstream import HttpxUpstream, UpstreamClient
+
+Wire = Literal["mock", "http1", "httpx"]
+WIRES: list[Wire] = ["mock", "http1", "httpx"]
 
 
 def sse(*payloads: Any) -> bytes:
@@ -59,11 +69,13 @@ class FakeVllm:
     refuse_load: int | None = None  # status for /v1/load_lora_adapter
     chat_status: int = 200
     chat_error: str = "bad request"
+    error_event: str | None = None  # a 200 stream that carries only this error, then [DONE]
     break_after: int | None = None  # chunks before the stream breaks
     delay: float = 0.0  # per chunk
     load_delay: float = 0.0
     adapters: dict[str, str] = field(default_factory=dict)  # name -> path
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    headers: list[httpx.Headers] = field(default_factory=list)  # of each call, in order
     bodies: list[Body] = field(default_factory=list)
     running: int = 0
     metrics_gate: asyncio.Event | None = None  # /metrics answers once set, as a vLLM busy streaming
@@ -80,6 +92,7 @@ class FakeVllm:
         path = request.url.path
         body = json.loads(request.content) if request.content else None
         self.calls.append((path, body))
+        self.headers.append(request.headers)
         if path == "/health":
             if self.slow_health:
                 raise httpx.ReadTimeout("timed out", request=request)
@@ -114,6 +127,8 @@ class FakeVllm:
     def _chat(self, body: dict[str, Any]) -> httpx.Response:
         if self.chat_status != 200:
             return httpx.Response(self.chat_status, json={"error": {"message": self.chat_error}})
+        if self.error_event is not None:
+            return httpx.Response(200, content=sse({"error": {"message": self.error_event}}, "[DONE]"))
         if body["model"] not in (self.base, *self.adapters):
             missing = {"error": {"message": f"The model `{body['model']}` does not exist."}}
             return httpx.Response(404, json=missing)
@@ -129,11 +144,13 @@ class FakeVllm:
 
 
 class Cluster:
-    """Several fake replicas behind one transport, routed by host:port."""
+    """Several fake replicas behind one transport, routed by host:port; or each on a socket (``listen``)."""
 
     def __init__(self, count: int = 1):
         self.replicas = {f"http://10.0.0.{i + 1}:8000": FakeVllm() for i in range(count)}
         self.transport = httpx.MockTransport(self._handle)
+        self._servers: list[asyncio.Server] = []
+        self._serving: set[asyncio.Task[Any]] = set()
 
     @property
     def urls(self) -> list[str]:
@@ -142,5 +159,91 @@ class Cluster:
     def __getitem__(self, index: int) -> FakeVllm:
         return list(self.replicas.values())[index]
 
+    def client(self, wire: Wire) -> UpstreamClient:
+        """The backend's client for ``wire``: over the MockTransport, or one for the sockets."""
+        if wire == "mock":
+            return HttpxUpstream(self.transport)
+        return Http1Transport() if wire == "http1" else HttpxUpstream()
+
+    async def listen(self) -> None:
+        """Serve each replica over HTTP/1.1 on 127.0.0.1; ``urls`` become theirs."""
+        replicas = {}
+        for fake in self.replicas.values():
+            server = await asyncio.start_server(partial(self._serve, fake), "127.0.0.1", 0)
+            replicas[f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"] = fake
+            self._servers.append(server)
+        self.replicas = replicas
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._serving):
+            task.cancel()
+        await asyncio.gather(*self._serving, return_exceptions=True)
+
     async def _handle(self, request: httpx.Request) -> httpx.Response:
         return await self.replicas[f"{request.url.scheme}://{request.url.netloc.decode()}"].handle(request)
+
+    async def _serve(
+        self, fake: FakeVllm, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One connection: requests in turn. A refused request closes it unanswered, a slow one stalls."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        try:
+            while (request := await _read_request(reader)) is not None:
+                try:
+                    response = await fake.handle(request)
+                except httpx.TimeoutException:
+                    await asyncio.sleep(3600)  # until the client gives up (and the test's end)
+                    return
+                except httpx.TransportError:
+                    return
+                if not await _write(writer, response):
+                    return
+        except ConnectionError:
+            pass
+        finally:
+            self._serving.discard(task)
+            writer.close()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> httpx.Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None  # the client closed the connection
+    line, *fields = head.decode("latin-1").split("\r\n")
+    method, target, _ = line.split(" ", 2)
+    headers = [(name.strip(), value.strip()) for name, _, value in (f.partition(":") for f in fields if f)]
+    length = int(next((value for name, value in headers if name.lower() == "content-length"), 0))
+    return httpx.Request(
+        method, f"http://fake{target}", headers=headers, content=await reader.readexactly(length)
+    )
+
+
+async def _write(writer: asyncio.StreamWriter, response: httpx.Response) -> bool:
+    """The answer as HTTP/1.1; a streamed one chunked, as it comes. False: the body broke off."""
+    status = b"HTTP/1.1 %d %s\r\n" % (response.status_code, response.reason_phrase.encode())
+    fields = [
+        (k, v) for k, v in response.headers.raw if k.lower() not in (b"content-length", b"transfer-encoding")
+    ]
+    head = status + b"".join(b"%s: %s\r\n" % field for field in fields)
+    if not isinstance(response.stream, Body):
+        body = await response.aread()
+        writer.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        return True
+    writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
+    try:
+        async for part in response.stream:
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+    except httpx.ReadError:
+        return False  # the connection closes in the middle of the body
+    finally:
+        await response.stream.aclose()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    return True

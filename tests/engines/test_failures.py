@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from service.engines.local import EngineFailure, LocalEngine
+from service.engines.local import LocalEngine
 from service.engines.scheduler import Job
+from service.errors import EngineFailure
 from tests.gates import GatedScheduler, queue_behind
 
 from .helpers import drain, make_request, reference

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from service.engines import scheduler as scheduler_module
 from service.engines.base import GenerationRequest
-from service.engines.local import EngineFailure, LocalEngine
+from service.engines.local import LocalEngine
 from service.engines.scheduler import Job
+from service.errors import EngineFailure
 from tests.gates import GatedScheduler, queue_behind
 
 from .helpers import Choice, drain, make_request, reference

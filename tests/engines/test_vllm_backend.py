@@ -1,20 +1,30 @@
-"""The vLLM backend against scripted replicas (httpx.MockTransport): no vLLM needed, milliseconds each."""
+"""The vLLM backend against scripted replicas: no vLLM needed, milliseconds each.
+
+Every test runs over each ``UpstreamClient``: ``HttpxUpstream`` over ``httpx.MockTransport``, and
+the gateway's own HTTP/1.1 client and httpx's pool against the same replicas on real sockets.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
 import pytest
 
+from service.engines import vllm
 from service.engines.base import ChatMessage, Delta, EngineEvents, GenerationRequest, SamplingParams
 from service.engines.vllm import MISSES_TO_DOWN, VllmEngine
-from service.engines.vllm_wire import AdapterLoadError, UpstreamError
-from service.errors import ContextLengthError, EngineUnavailableError, InvalidRequestError, ModelNotFoundError
-from tests.engines.fake_vllm import Cluster
+from service.errors import (
+    AdapterLoadError,
+    ContextLengthError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UpstreamError,
+)
+from tests.engines.fake_vllm import WIRES, Cluster, Wire
 
 
 class Recorded(EngineEvents):
@@ -44,13 +54,34 @@ def adapter_dirs(tmp_path: Path) -> dict[str, Path]:
     return dirs
 
 
-async def engine_on(cluster: Cluster, adapters: dict[str, Path] | None = None, **options: Any) -> VllmEngine:
-    engine = VllmEngine(cluster.urls, model_name="gateway-name", transport=cluster.transport, **options)
-    engine.subscribe(Recorded())
-    for name, path in (adapters or {}).items():
-        await engine.ensure_adapter(name, path)
-    await engine.check_replicas()  # what the health loop does every few seconds
-    return engine
+class EngineOn(Protocol):
+    def __call__(
+        self, cluster: Cluster, adapters: dict[str, Path] | None = None, **options: Any
+    ) -> Coroutine[Any, Any, VllmEngine]: ...
+
+
+@pytest.fixture(params=WIRES)
+async def engine_on(request: pytest.FixtureRequest) -> AsyncIterator[EngineOn]:
+    """A backend in front of a cluster, over the client of this run; both closed after the test."""
+    wire: Wire = request.param
+    made: list[tuple[Cluster, VllmEngine]] = []
+
+    async def make(cluster: Cluster, adapters: dict[str, Path] | None = None, **options: Any) -> VllmEngine:
+        if wire != "mock":
+            await cluster.listen()
+        client = cluster.client(wire)
+        engine = VllmEngine(cluster.urls, model_name="gateway-name", client=client, **options)
+        made.append((cluster, engine))
+        engine.subscribe(Recorded())
+        for name, path in (adapters or {}).items():
+            await engine.ensure_adapter(name, path)
+        await engine.check_replicas()  # what the health loop does every few seconds
+        return engine
+
+    yield make
+    for cluster, engine in made:
+        await engine.close()
+        await cluster.close()
 
 
 def request(adapter: str | None = None, n: int = 1, **sampling: object) -> GenerationRequest:
@@ -62,12 +93,18 @@ async def collect(stream: AsyncIterator[Delta]) -> list[Delta]:
     return [delta async for delta in stream]
 
 
+async def eventually(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
 def events(engine: VllmEngine) -> Recorded:
     assert isinstance(engine._events, Recorded)
     return engine._events
 
 
-async def test_base_request_goes_out_streamed_with_usage_and_the_base_name() -> None:
+async def test_base_request_goes_out_streamed_with_usage_and_the_base_name(engine_on: EngineOn) -> None:
     cluster = Cluster(1)
     engine = await engine_on(cluster)
     deltas = await collect(engine.stream(request(temperature=0.0, stop=("##",), top_k=0)))
@@ -81,7 +118,7 @@ async def test_base_request_goes_out_streamed_with_usage_and_the_base_name() -> 
     assert engine.max_context == 2048
 
 
-async def test_n_choices_finish_after_usage_with_totals_on_the_last() -> None:
+async def test_n_choices_finish_after_usage_with_totals_on_the_last(engine_on: EngineOn) -> None:
     cluster = Cluster(1)
     engine = await engine_on(cluster)
     deltas = await collect(engine.stream(request(n=2, ignore_eos=True)))
@@ -93,6 +130,7 @@ async def test_n_choices_finish_after_usage_with_totals_on_the_last() -> None:
 
 
 async def test_adapter_is_loaded_from_the_registry_path_then_used_as_the_model(
+    engine_on: EngineOn,
     adapter_dirs: dict[str, Path],
 ) -> None:
     cluster = Cluster(1)
@@ -105,7 +143,9 @@ async def test_adapter_is_loaded_from_the_registry_path_then_used_as_the_model(
     assert events(engine).loaded == ["it@1"]
 
 
-async def test_concurrent_first_requests_load_an_adapter_once(adapter_dirs: dict[str, Path]) -> None:
+async def test_concurrent_first_requests_load_an_adapter_once(
+    engine_on: EngineOn, adapter_dirs: dict[str, Path]
+) -> None:
     cluster = Cluster(1)
     cluster[0].load_delay = 0.05
     engine = await engine_on(cluster, adapter_dirs)
@@ -114,7 +154,7 @@ async def test_concurrent_first_requests_load_an_adapter_once(adapter_dirs: dict
     assert len(cluster[0].bodies_sent("/v1/load_lora_adapter")) == 1
 
 
-async def test_unregistered_adapter_is_refused_before_any_call() -> None:
+async def test_unregistered_adapter_is_refused_before_any_call(engine_on: EngineOn) -> None:
     cluster = Cluster(1)
     engine = await engine_on(cluster)
     with pytest.raises(ModelNotFoundError):
@@ -122,7 +162,9 @@ async def test_unregistered_adapter_is_refused_before_any_call() -> None:
     assert "/v1/chat/completions" not in cluster[0].paths()
 
 
-async def test_ensure_adapter_refuses_a_folder_without_adapter_files(tmp_path: Path) -> None:
+async def test_ensure_adapter_refuses_a_folder_without_adapter_files(
+    engine_on: EngineOn, tmp_path: Path
+) -> None:
     engine = await engine_on(Cluster(1))
     with pytest.raises(ModelNotFoundError):
         await engine.ensure_adapter("ghost@1", tmp_path)
@@ -130,7 +172,7 @@ async def test_ensure_adapter_refuses_a_folder_without_adapter_files(tmp_path: P
 
 @pytest.mark.parametrize("status", [400, 404, 500])
 async def test_a_refused_adapter_is_a_clear_error_and_the_replica_stays(
-    adapter_dirs: dict[str, Path], status: int
+    engine_on: EngineOn, adapter_dirs: dict[str, Path], status: int
 ) -> None:
     cluster = Cluster(1)
     cluster[0].refuse_load = status
@@ -143,7 +185,9 @@ async def test_a_refused_adapter_is_a_clear_error_and_the_replica_stays(
     assert "".join(d.text for d in await collect(engine.stream(request()))) == "Hello from vLLM"
 
 
-async def test_least_recently_used_adapter_is_unloaded_beyond_capacity(adapter_dirs: dict[str, Path]) -> None:
+async def test_least_recently_used_adapter_is_unloaded_beyond_capacity(
+    engine_on: EngineOn, adapter_dirs: dict[str, Path]
+) -> None:
     cluster = Cluster(1)
     engine = await engine_on(cluster, adapter_dirs, max_loaded_adapters=2)
     for name in ("it@1", "legal@1", "it@1", "hr@1"):
@@ -153,7 +197,9 @@ async def test_least_recently_used_adapter_is_unloaded_beyond_capacity(adapter_d
     assert events(engine).evicted == ["legal@1"]
 
 
-async def test_an_adapter_in_use_is_never_unloaded(adapter_dirs: dict[str, Path]) -> None:
+async def test_an_adapter_in_use_is_never_unloaded(
+    engine_on: EngineOn, adapter_dirs: dict[str, Path]
+) -> None:
     cluster = Cluster(1)
     engine = await engine_on(cluster, adapter_dirs, max_loaded_adapters=1)
     busy = engine.stream(request("it@1"))
@@ -163,7 +209,9 @@ async def test_an_adapter_in_use_is_never_unloaded(adapter_dirs: dict[str, Path]
     assert cluster[0].bodies_sent("/v1/unload_lora_adapter") == []
 
 
-async def test_a_replica_that_lost_its_adapters_gets_them_again(adapter_dirs: dict[str, Path]) -> None:
+async def test_a_replica_that_lost_its_adapters_gets_them_again(
+    engine_on: EngineOn, adapter_dirs: dict[str, Path]
+) -> None:
     cluster = Cluster(1)
     engine = await engine_on(cluster, adapter_dirs)
     await collect(engine.stream(request("it@1")))
@@ -172,7 +220,9 @@ async def test_a_replica_that_lost_its_adapters_gets_them_again(adapter_dirs: di
     assert len(cluster[0].bodies_sent("/v1/load_lora_adapter")) == 2
 
 
-async def test_affinity_sends_an_adapter_to_the_replica_holding_it(adapter_dirs: dict[str, Path]) -> None:
+async def test_affinity_sends_an_adapter_to_the_replica_holding_it(
+    engine_on: EngineOn, adapter_dirs: dict[str, Path]
+) -> None:
     cluster = Cluster(2)
     engine = await engine_on(cluster, adapter_dirs)
     await collect(engine.stream(request("it@1")))
@@ -183,7 +233,9 @@ async def test_affinity_sends_an_adapter_to_the_replica_holding_it(adapter_dirs:
     assert cluster[1 - holder].bodies_sent("/v1/load_lora_adapter") == []
 
 
-async def test_a_much_busier_holder_loses_to_the_least_loaded(adapter_dirs: dict[str, Path]) -> None:
+async def test_a_much_busier_holder_loses_to_the_least_loaded(
+    engine_on: EngineOn, adapter_dirs: dict[str, Path]
+) -> None:
     cluster = Cluster(2)
     engine = await engine_on(cluster, adapter_dirs, affinity_slack=1)
     await collect(engine.stream(request("it@1")))
@@ -195,17 +247,17 @@ async def test_a_much_busier_holder_loses_to_the_least_loaded(adapter_dirs: dict
     holder.inflight = 0
 
 
-async def test_a_connect_failure_is_retried_on_another_replica() -> None:
+async def test_a_connect_failure_is_retried_on_another_replica(engine_on: EngineOn) -> None:
     cluster = Cluster(2)
     engine = await engine_on(cluster)
     cluster[0].alive = False  # died after the last health check
     for _ in range(3):
         assert "".join(d.text for d in await collect(engine.stream(request()))) == "Hello from vLLM"
     assert not engine.router.replicas[0].up
-    assert ("10.0.0.1:8000", False) in events(engine).health
+    assert (engine.router.replicas[0].name, False) in events(engine).health
 
 
-async def test_no_replica_up_is_503() -> None:
+async def test_no_replica_up_is_503(engine_on: EngineOn) -> None:
     cluster = Cluster(1)
     cluster[0].alive = False
     engine = await engine_on(cluster)
@@ -214,7 +266,9 @@ async def test_no_replica_up_is_503() -> None:
     assert not (await engine.health()).ready
 
 
-async def test_health_checks_take_a_replica_out_and_bring_it_back(adapter_dirs: dict[str, Path]) -> None:
+async def test_health_checks_take_a_replica_out_and_bring_it_back(
+    engine_on: EngineOn, adapter_dirs: dict[str, Path]
+) -> None:
     cluster = Cluster(2)
     engine = await engine_on(cluster, adapter_dirs)
     assert (await engine.health()).extra["replicas_up"] == 2
@@ -226,12 +280,14 @@ async def test_health_checks_take_a_replica_out_and_bring_it_back(adapter_dirs: 
     await engine.check_replicas()
     assert [r.up for r in engine.router.replicas] == [True, True]
     assert list(engine.router.replicas[1].adapters) == ["legal@1"]
-    assert events(engine).health[-2:] == [("10.0.0.2:8000", False), ("10.0.0.2:8000", True)]
+    second = engine.router.replicas[1].name
+    assert events(engine).health[-2:] == [(second, False), (second, True)]
 
 
 async def test_a_replica_too_busy_to_answer_health_checks_stays_in_until_it_misses_three(
-    adapter_dirs: dict[str, Path],
+    engine_on: EngineOn, adapter_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(vllm, "HEALTH_TIMEOUT", 0.3)  # over a socket, a slow answer is a real wait
     cluster = Cluster(2)
     engine = await engine_on(cluster, adapter_dirs)
     await collect(engine.stream(request(adapter="legal@1")))
@@ -251,7 +307,7 @@ async def test_a_replica_too_busy_to_answer_health_checks_stays_in_until_it_miss
     assert [e for e in events(engine).health if not e[1]] == [(holder.name, False)]
 
 
-async def test_a_break_mid_stream_raises_after_the_text_already_sent() -> None:
+async def test_a_break_mid_stream_raises_after_the_text_already_sent(engine_on: EngineOn) -> None:
     cluster = Cluster(2)
     cluster[0].break_after = cluster[1].break_after = 2
     engine = await engine_on(cluster)
@@ -263,26 +319,20 @@ async def test_a_break_mid_stream_raises_after_the_text_already_sent() -> None:
     assert sum(len(r.bodies_sent("/v1/chat/completions")) for r in cluster.replicas.values()) == 1  # no retry
 
 
-async def test_closing_the_stream_closes_the_upstream_response() -> None:
+async def test_closing_the_stream_closes_the_upstream_response(engine_on: EngineOn) -> None:
     cluster = Cluster(1)
     engine = await engine_on(cluster)
     stream = engine.stream(request())
     assert (await anext(stream)).text == "Hello"
     await stream.aclose()  # type: ignore[attr-defined]
-    assert cluster[0].bodies[0].closed
+    await eventually(lambda: cluster[0].bodies[0].closed)  # over a socket, when the server sees it
     assert engine.router.replicas[0].inflight == 0
 
 
-async def test_an_error_event_in_the_stream_raises() -> None:
+async def test_an_error_event_in_the_stream_raises(engine_on: EngineOn) -> None:
     cluster = Cluster(1)
 
-    async def failing(request: httpx.Request) -> httpx.Response:
-        if request.url.path != "/v1/chat/completions":
-            return await cluster[0].handle(request)
-        body = b'data: {"error": {"message": "EngineCore encountered an issue."}}\n\ndata: [DONE]\n\n'
-        return httpx.Response(200, content=body)
-
-    cluster.transport = httpx.MockTransport(failing)
+    cluster[0].error_event = "EngineCore encountered an issue."
     engine = await engine_on(cluster)
     with pytest.raises(UpstreamError, match="EngineCore encountered an issue"):
         await collect(engine.stream(request()))
@@ -298,7 +348,7 @@ async def test_an_error_event_in_the_stream_raises() -> None:
     ],
 )
 async def test_upstream_statuses_become_the_matching_errors(
-    status: int, message: str, error: type[Exception]
+    engine_on: EngineOn, status: int, message: str, error: type[Exception]
 ) -> None:
     cluster = Cluster(1)
     cluster[0].chat_status, cluster[0].chat_error = status, message
@@ -308,7 +358,7 @@ async def test_upstream_statuses_become_the_matching_errors(
     assert message in str(caught.value)
 
 
-async def test_health_reports_vllms_own_request_counts() -> None:
+async def test_health_reports_vllms_own_request_counts(engine_on: EngineOn) -> None:
     cluster = Cluster(2)
     cluster[0].running, cluster[1].running = 2, 3
     engine = await engine_on(cluster)
@@ -317,7 +367,7 @@ async def test_health_reports_vllms_own_request_counts() -> None:
     assert health.ready and health.extra["running"] == 5 and health.extra["replicas"] == 2
 
 
-async def test_health_answers_from_the_last_counts_while_metrics_is_slow() -> None:
+async def test_health_answers_from_the_last_counts_while_metrics_is_slow(engine_on: EngineOn) -> None:
     cluster = Cluster(1)
     cluster[0].running = 2
     engine = await engine_on(cluster)
@@ -330,7 +380,7 @@ async def test_health_answers_from_the_last_counts_while_metrics_is_slow() -> No
     assert (await engine.health()).extra["running"] == 7
 
 
-async def test_a_hanging_metrics_endpoint_holds_up_no_health_check() -> None:
+async def test_a_hanging_metrics_endpoint_holds_up_no_health_check(engine_on: EngineOn) -> None:
     cluster = Cluster(1)
     cluster[0].metrics_gate = asyncio.Event()  # never answers
     engine = await engine_on(cluster, health_interval=0.01)

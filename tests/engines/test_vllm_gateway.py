@@ -1,4 +1,8 @@
-"""The gateway in front of scripted vLLM replicas: what the client sees of usage, errors and failures."""
+"""The gateway in front of scripted vLLM replicas: what the client sees of usage, errors and failures.
+
+Over each ``UpstreamClient``: ``HttpxUpstream`` over the MockTransport, and the gateway's own
+HTTP/1.1 client and httpx's pool against the replicas on sockets.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +17,33 @@ from service.app import create_app
 from service.config import Settings
 from service.engines.vllm import VllmEngine
 from tests.conftest import API_KEY, wait_ready
-from tests.engines.fake_vllm import Cluster
+from tests.engines.fake_vllm import WIRES, Cluster, Wire
 
 BODY = {"model": "gateway-name", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
 
-@pytest.fixture
-def cluster() -> Cluster:
-    return Cluster(1)
+@pytest.fixture(params=WIRES)
+def wire(request: pytest.FixtureRequest) -> Wire:
+    wire: Wire = request.param
+    return wire
 
 
 @pytest.fixture
-async def gateway(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
+async def cluster(wire: Wire) -> AsyncIterator[Cluster]:
+    cluster = Cluster(1)
+    if wire != "mock":
+        await cluster.listen()
+    yield cluster
+    await cluster.close()
+
+
+@pytest.fixture
+async def gateway(cluster: Cluster, wire: Wire) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(api_key=API_KEY, model_name="gateway-name", engine="vllm", upstream=cluster.urls)
 
     def engine(s: Settings) -> VllmEngine:
-        transport = cluster.transport
-        return VllmEngine(s.upstream, model_name=s.model_name, transport=transport, health_interval=0.05)
+        client = cluster.client(wire)
+        return VllmEngine(s.upstream, model_name=s.model_name, client=client, health_interval=0.05)
 
     app = create_app(settings, engine_factory=engine)
     async with app.router.lifespan_context(app):

@@ -1,7 +1,8 @@
-"""The vLLM backend's real HTTP client (httpx over ``http1``) against a live stand-in server.
+"""The vLLM backend's real HTTP clients (``http1``, and httpx's pool) against a live stand-in server.
 
-The MockTransport tests script vLLM's answers; these check what only real sockets show:
-the connection is reused between requests, a closed stream closes it (so vLLM aborts),
+The scripted replicas (``fake_vllm``) check the backend's logic; these check against a real
+ASGI server (uvicorn, in a thread) what the ``UpstreamClient``s must do alike: the connection
+is reused between requests (the [DONE] release), a closed stream closes it (so vLLM aborts),
 a refused replica is failed over, and a stalled stream times out.
 """
 
@@ -11,7 +12,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,8 +22,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from service.engines.base import ChatMessage, Delta, GenerationRequest, SamplingParams
+from service.engines.http1 import Http1Transport
+from service.engines.upstream import HttpxUpstream, UpstreamClient
 from service.engines.vllm import VllmEngine
-from service.engines.vllm_wire import UpstreamError
+from service.errors import UpstreamError
 from tests.conftest import LiveServer, free_port
 
 BASE = "stand-in-base"
@@ -86,6 +89,13 @@ def stand_in(seen: Seen) -> Starlette:
     return Starlette(routes=routes)
 
 
+@pytest.fixture(params=[Http1Transport, HttpxUpstream], ids=["http1", "httpx"])
+def client(request: pytest.FixtureRequest) -> Callable[[], UpstreamClient]:
+    """The client class of this run: the default (http1) and the stock fallback (httpx's pool)."""
+    factory: Callable[[], UpstreamClient] = request.param
+    return factory
+
+
 @pytest.fixture
 def seen() -> Seen:
     return Seen()
@@ -106,8 +116,8 @@ def request(max_tokens: int) -> GenerationRequest:
     return GenerationRequest("req-1", [ChatMessage("user", "hi")], params)
 
 
-async def started(urls: list[str], **options: float) -> VllmEngine:
-    engine = VllmEngine(urls, model_name="gateway-name", **options)  # the default transport
+async def started(client: UpstreamClient, urls: list[str], **options: float) -> VllmEngine:
+    engine = VllmEngine(urls, model_name="gateway-name", client=client, **options)
     await engine.check_replicas()
     return engine
 
@@ -116,8 +126,10 @@ async def text_of(stream: AsyncIterator[Delta]) -> str:
     return "".join([d.text async for d in stream])
 
 
-async def test_requests_share_one_upstream_connection(server: LiveServer, seen: Seen) -> None:
-    engine = await started([upstream(server)])
+async def test_requests_share_one_upstream_connection(
+    client: Callable[[], UpstreamClient], server: LiveServer, seen: Seen
+) -> None:
+    engine = await started(client(), [upstream(server)])
     try:
         for _ in range(3):
             assert await text_of(engine.stream(request(3))) == " t0 t1 t2"
@@ -126,8 +138,10 @@ async def test_requests_share_one_upstream_connection(server: LiveServer, seen: 
     assert len(seen.ports) == 3 and len(set(seen.ports)) == 1, "each request opened its own connection"
 
 
-async def test_closing_a_stream_early_closes_the_upstream_request(server: LiveServer, seen: Seen) -> None:
-    engine = await started([upstream(server)])
+async def test_closing_a_stream_early_closes_the_upstream_request(
+    client: Callable[[], UpstreamClient], server: LiveServer, seen: Seen
+) -> None:
+    engine = await started(client(), [upstream(server)])
     try:
         stream = engine.stream(request(500))
         assert (await anext(stream)).text == " t0"
@@ -138,9 +152,11 @@ async def test_closing_a_stream_early_closes_the_upstream_request(server: LiveSe
         await engine.close()
 
 
-async def test_a_refused_replica_is_failed_over(server: LiveServer) -> None:
+async def test_a_refused_replica_is_failed_over(
+    client: Callable[[], UpstreamClient], server: LiveServer
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    engine = await started([dead, upstream(server)])
+    engine = await started(client(), [dead, upstream(server)])
     try:
         engine.router.replicas[0].up = True  # it died after the last health check
         for _ in range(2):
@@ -150,9 +166,11 @@ async def test_a_refused_replica_is_failed_over(server: LiveServer) -> None:
         await engine.close()
 
 
-async def test_a_stream_that_stalls_times_out_as_an_upstream_error(server: LiveServer, seen: Seen) -> None:
+async def test_a_stream_that_stalls_times_out_as_an_upstream_error(
+    client: Callable[[], UpstreamClient], server: LiveServer, seen: Seen
+) -> None:
     seen.stall_after = 2
-    engine = await started([upstream(server)], read_timeout=0.5)
+    engine = await started(client(), [upstream(server)], read_timeout=0.5)
     started_at = time.monotonic()
     try:
         with pytest.raises(UpstreamError, match="broke while generating"):

@@ -9,7 +9,7 @@ import pytest
 
 from service.engines.base import ChatMessage, GenerationRequest, SamplingParams
 from service.engines.vllm import VllmEngine
-from service.engines.vllm_wire import AdapterLoadError
+from service.errors import AdapterLoadError
 from tests.conftest import TINY_MODEL, LiveServer
 from tests.demo_adapters import make_adapter
 from tests.vllm.servers import VllmServer

@@ -93,6 +93,13 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
     await transport.aclose()
 
 
+async def test_a_tls_url_is_refused_not_sent_in_plain_text() -> None:
+    transport = Http1Transport()
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await transport.request("POST", httpx.URL("https://vllm.internal/v1/chat/completions"), b"{}", [], {})
+    await transport.aclose()
+
+
 async def test_a_connection_dropped_before_the_answer_is_retryable(
     serve: Callable[[Handler], Awaitable[str]],
 ) -> None:
