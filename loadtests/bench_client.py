@@ -5,7 +5,7 @@ sends one-token streamed chat requests one after another and reads each answer t
 uvloop as the gateway does, and reports its own CPU time and wall time per request for:
 
 - ``httpcore``: httpx's own transport, what an ``httpx.AsyncClient`` uses by default;
-- ``http1 via httpx``: ``service/engines/http1.py`` behind httpx's Request and Response (the
+- ``http1 via httpx``: ``service/engines/vllm/http1.py`` behind httpx's Request and Response (the
   backend's health checks and adapter loads go this way);
 - ``http1 exchange``: the same transport's ``request``, without httpx's objects (the backend's chat
   requests).
@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import uvloop
 
-from service.engines.http1 import Http1Transport
+from service.engines.vllm.http1 import Http1Transport
 
 BODY = json.dumps(
     {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "stream": True}

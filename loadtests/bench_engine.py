@@ -28,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from loadtests.common import PROMPTS, machine
-from service.engines.base import ChatMessage, GenerationRequest, SamplingParams
-from service.engines.kv_batch import slack_cache
-from service.engines.local import LocalEngine
+from service.domain import ChatMessage, GenerationRequest, SamplingParams
+from service.engines.local.engine import LocalEngine
+from service.engines.local.kv_batch import slack_cache
 from service.model_store import prepare_model
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m loadtests.floor_relay PORT UPSTREAM_URL
 
 A raw ASGI app on uvicorn that passes each request to ``UPSTREAM_URL`` + its path through the
-gateway's own HTTP/1.1 transport (``service/engines/http1.py``) and streams the answer's bytes
+gateway's own HTTP/1.1 transport (``service/engines/vllm/http1.py``) and streams the answer's bytes
 back as they come: no authentication, no validation, no routing, no SSE parsing, no metrics.
 The benchmark probes it beside the gateway, with the same stand-in upstream behind both.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from service.engines.http1 import Http1Transport
+from service.engines.vllm.http1 import Http1Transport
 
 UPSTREAM = httpx.URL("http://127.0.0.1")  # set from the command line
 TIMEOUTS = httpx.Timeout(30.0).as_dict()

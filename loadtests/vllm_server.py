@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from service.engines.vllm_spawn import RUNTIME_LORA_ENV, VllmCommand
+from service.engines.vllm.spawn import RUNTIME_LORA_ENV, VllmCommand
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))

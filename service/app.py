@@ -23,7 +23,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .api import chat, health, metrics, models
-from .chat import ChatService
 from .config import Settings
 from .engines.base import Engine, ReportsEvents
 from .errors import LoragateError, error_envelope
@@ -34,6 +33,7 @@ from .middleware import GatewayMiddleware, MetricsMiddleware
 from .planning import Planner
 from .prompts import TemplateStore
 from .registry import Registry
+from .serving import ChatService
 from .state import AppState
 from .tenancy import Tenancy, TenantDirectory
 
@@ -43,7 +43,7 @@ EngineFactory = Callable[[Settings], Engine]
 
 
 def local_engine(settings: Settings) -> Engine:
-    from .engines.local import LocalEngine
+    from .engines.local.engine import LocalEngine
     from .model_store import prepare_model
 
     path = settings.resolved_model_path
@@ -62,8 +62,8 @@ def local_engine(settings: Settings) -> Engine:
 
 
 def vllm_engine(settings: Settings) -> Engine:
-    from .engines.vllm import VllmEngine
-    from .engines.vllm_spawn import VllmCommand, VllmSupervisor, lora_rank_limit
+    from .engines.vllm.engine import VllmEngine
+    from .engines.vllm.spawn import VllmCommand, VllmSupervisor, lora_rank_limit
 
     supervisor = None
     upstream = settings.upstream

@@ -24,7 +24,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_adapters import add_adapter_commands, run_adapters
+from .cli_registry import add_adapter_commands, run_adapters
 from .config import Settings, SettingsError, load_settings
 
 if typing.TYPE_CHECKING:

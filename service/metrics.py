@@ -51,7 +51,8 @@ from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.registry import Collector
 from starlette.types import Scope
 
-from .engines.base import Delta, EngineEvents
+from .domain import Delta
+from .engines.base import EngineEvents
 
 UNKNOWN = "unknown"
 BASE = "base"  # the adapter label when the base model serves

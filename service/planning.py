@@ -14,7 +14,8 @@ import logging
 from dataclasses import dataclass
 
 from .config import Settings
-from .engines.base import ChatMessage, Engine, GenerationRequest, SamplingParams
+from .domain import ChatMessage, GenerationRequest, SamplingParams
+from .engines.base import Engine
 from .errors import InvalidRequestError, ServingConfigError
 from .metrics import UNKNOWN, RequestMetrics
 from .prompts import Rendered, Template, TemplateError, TemplateRenderError, TemplateStore
@@ -24,9 +25,10 @@ from .tenancy import Principal, Route, Tenancy
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_HEADER = "x-loragate-template"
-ADAPTER_HEADER = "x-loragate-adapter"
-DEPARTMENT_HEADER = "x-loragate-department"
+# Response headers: what served the request (the request's department header is settings.department_header).
+SERVED_TEMPLATE_HEADER = "x-loragate-template"
+SERVED_ADAPTER_HEADER = "x-loragate-adapter"
+SERVED_DEPARTMENT_HEADER = "x-loragate-department"
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,9 @@ class Plan:
 
     def headers(self) -> dict[str, str]:
         return {
-            DEPARTMENT_HEADER: self.route.department.name,
-            TEMPLATE_HEADER: self.template.ref if self.template else "none",
-            ADAPTER_HEADER: self.adapter.ref if self.adapter else "base",
+            SERVED_DEPARTMENT_HEADER: self.route.department.name,
+            SERVED_TEMPLATE_HEADER: self.template.ref if self.template else "none",
+            SERVED_ADAPTER_HEADER: self.adapter.ref if self.adapter else "base",
         }
 
 

@@ -64,7 +64,7 @@ import jinja2
 import yaml
 
 from . import prompt_sandbox
-from .engines.base import ChatMessage
+from .domain import ChatMessage
 from .prompt_schema import COT_MODES, KEYS, CotMode, Template, parse_template  # noqa: F401 (re-exported)
 from .reasoning import COT_INSTRUCTION
 from .reloading import Signature, signature

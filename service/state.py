@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .chat import ChatService
 from .config import Settings
 from .engines.base import Engine
 from .metrics import Metrics
 from .registry import Registry
+from .serving import ChatService
 from .tenancy import Principal, Tenancy
 
 

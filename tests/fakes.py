@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.engines.base import Delta, EngineHealth, FinishReason, GenerationRequest
+from service.domain import Delta, FinishReason, GenerationRequest
+from service.engines.base import EngineHealth
 from service.errors import EngineUnavailableError
 
 

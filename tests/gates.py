@@ -14,13 +14,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from service.config import Settings
-from service.engines.base import Delta
-from service.engines.local import LocalEngine
-from service.engines.scheduler import Scheduler
+from service.domain import Delta
+from service.engines.local.engine import LocalEngine
+from service.engines.local.scheduler import Scheduler
 from tests.engines.helpers import Choice, drain
 
 if TYPE_CHECKING:
-    from service.engines.scheduler import _Row
+    from service.engines.local.scheduler import _Row
 
 POLL_SECONDS = 0.01  # how often a held step looks for cancelled jobs (a plain flag, set from the event loop)
 

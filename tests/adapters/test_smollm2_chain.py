@@ -20,7 +20,7 @@ import torch
 from adapters.cli import run_chain, run_step
 from adapters.recipe import Recipe, load_recipe
 from service.app import create_app
-from service.engines.base import ChatMessage
+from service.domain import ChatMessage
 from service.keys import KeyStore
 from service.tenancy import TenantDirectory
 

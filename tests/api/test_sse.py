@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service.engines.vllm_wire import BURST, data_lines
+from service.engines.vllm.wire import BURST, data_lines
 from service.protocol import ChatCompletionChunk
 from service.sse import ChunkEvents, event
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi import FastAPI
 
-from service.engines.base import ChatMessage
+from service.domain import ChatMessage
 
 from ..conftest import TINY_MODEL
 from .conftest import World

@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import httpx
 
-from service.engines.http1 import Http1Transport
-from service.engines.upstream import HttpxUpstream, UpstreamClient
+from service.engines.vllm.http1 import Http1Transport
+from service.engines.vllm.upstream import HttpxUpstream, UpstreamClient
 
 Wire = Literal["mock", "http1", "httpx"]
 WIRES: list[Wire] = ["mock", "http1", "httpx"]

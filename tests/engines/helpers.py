@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from service.engines.base import ChatMessage, Delta, GenerationRequest, SamplingParams
+from service.domain import ChatMessage, Delta, GenerationRequest, SamplingParams
 
 _ids = itertools.count()
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from service.engines.base import Delta
-from service.engines.local import LocalEngine
+from service.domain import Delta
+from service.engines.local.engine import LocalEngine
 from service.errors import ContextLengthError, EngineUnavailableError
 from tests.gates import GatedScheduler
 

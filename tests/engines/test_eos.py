@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from service.engines.base import Delta, GenerationRequest
-from service.engines.scheduler import Job, Scheduler
+from service.domain import Delta, GenerationRequest
+from service.engines.local.scheduler import Job, Scheduler
 
 from .helpers import Choice, greedy_ids, make_request
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from service.engines.local import LocalEngine
-from service.engines.scheduler import Job
+from service.engines.local.engine import LocalEngine
+from service.engines.local.scheduler import Job
 from service.errors import EngineFailure
 from tests.gates import GatedScheduler, queue_behind
 

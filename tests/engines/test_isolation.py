@@ -15,10 +15,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.engines import scheduler as scheduler_module
-from service.engines.base import GenerationRequest
-from service.engines.local import LocalEngine
-from service.engines.scheduler import Job
+from service.domain import GenerationRequest
+from service.engines.local import scheduler as scheduler_module
+from service.engines.local.engine import LocalEngine
+from service.engines.local.scheduler import Job
 from service.errors import EngineFailure
 from tests.gates import GatedScheduler, queue_behind
 

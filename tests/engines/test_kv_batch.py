@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from service.engines.kv_batch import KVBatch
+from service.engines.local.kv_batch import KVBatch
 
 LAYERS, HEADS, DIM = 2, 2, 3
 

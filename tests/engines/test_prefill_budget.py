@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from service.engines.local import LocalEngine
+from service.engines.local.engine import LocalEngine
 from service.errors import ContextLengthError
 
 from .helpers import make_request, reference

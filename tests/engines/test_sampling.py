@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.engines.base import SamplingParams
-from service.engines.sampling import (
+from service.domain import SamplingParams
+from service.engines.local.sampling import (
     apply_repetition_penalty,
     filter_top_k_top_p_min_p,
     make_generator,

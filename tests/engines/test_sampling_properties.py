@@ -13,8 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.engines.base import SAMPLING_EPS, SamplingParams
-from service.engines.sampling import SamplingError, make_generator, next_token
+from service.domain import SAMPLING_EPS, SamplingParams
+from service.engines.local.sampling import SamplingError, make_generator, next_token
 from service.protocol import MIN_REPETITION_PENALTY, ChatCompletionRequest
 
 VOCAB = 64

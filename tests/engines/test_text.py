@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.engines.text import TextStream
+from service.engines.local.text import TextStream
 
 
 def feed(stream: TextStream, ids: list[int]) -> list[str]:

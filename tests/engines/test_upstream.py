@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.engines import upstream
-from service.engines.base import ChatMessage, GenerationRequest, SamplingParams
-from service.engines.upstream import Headers, HttpxUpstream, Timeouts, UpstreamClient, UpstreamReply
-from service.engines.vllm import VllmEngine
+from service.domain import ChatMessage, GenerationRequest, SamplingParams
+from service.engines.vllm import upstream
+from service.engines.vllm.engine import VllmEngine
+from service.engines.vllm.upstream import Headers, HttpxUpstream, Timeouts, UpstreamClient, UpstreamReply
 from tests.engines.fake_vllm import WIRES, Cluster, Wire, sse
 
 KEY = (b"authorization", b"Bearer upstream-key")

@@ -13,9 +13,10 @@ from typing import Any, Protocol
 
 import pytest
 
-from service.engines import vllm
-from service.engines.base import ChatMessage, Delta, EngineEvents, GenerationRequest, SamplingParams
-from service.engines.vllm import MISSES_TO_DOWN, VllmEngine
+from service.domain import ChatMessage, Delta, GenerationRequest, SamplingParams
+from service.engines.base import EngineEvents
+from service.engines.vllm import engine as vllm
+from service.engines.vllm.engine import MISSES_TO_DOWN, VllmEngine
 from service.errors import (
     AdapterLoadError,
     ContextLengthError,

@@ -15,7 +15,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from service.engines.vllm import VllmEngine
+from service.engines.vllm.engine import VllmEngine
 from tests.conftest import API_KEY, wait_ready
 from tests.engines.fake_vllm import WIRES, Cluster, Wire
 

@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from service.engines.base import ChatMessage, Delta, GenerationRequest, SamplingParams
-from service.engines.http1 import Http1Transport
-from service.engines.upstream import HttpxUpstream, UpstreamClient
-from service.engines.vllm import VllmEngine
+from service.domain import ChatMessage, Delta, GenerationRequest, SamplingParams
+from service.engines.vllm.engine import VllmEngine
+from service.engines.vllm.http1 import Http1Transport
+from service.engines.vllm.upstream import HttpxUpstream, UpstreamClient
 from service.errors import UpstreamError
 from tests.conftest import LiveServer, free_port
 

@@ -10,8 +10,8 @@ import pytest
 
 from service.app import vllm_engine
 from service.config import Settings
-from service.engines.vllm import VllmEngine
-from service.engines.vllm_spawn import VllmCommand, VllmSupervisor, lora_rank_limit
+from service.engines.vllm.engine import VllmEngine
+from service.engines.vllm.spawn import VllmCommand, VllmSupervisor, lora_rank_limit
 from tests.conftest import API_KEY
 
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
-from service.engines.base import Delta, GenerationRequest
+from service.domain import Delta, GenerationRequest
 from tests.conftest import API_KEY
 from tests.fakes import FakeEngine
 

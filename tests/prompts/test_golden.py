@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from service.engines.base import ChatMessage
+from service.domain import ChatMessage
 from service.prompts import TemplateStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.engines.base import ChatMessage
+from service.domain import ChatMessage
 from service.prompts import Template, TemplateError, TemplateStore
 from tests.prompts.attacks import ATTACKS, SLOW
 from tests.prompts.conftest import LIMIT, Events, WriteTemplate

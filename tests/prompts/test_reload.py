@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from service.engines.base import ChatMessage
+from service.domain import ChatMessage
 from service.prompts import TemplateError, TemplateStore
 from tests.prompts.conftest import WriteTemplate
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from service.engines.base import ChatMessage
+from service.domain import ChatMessage
 from service.prompts import Template, TemplateError, TemplateStore
 from service.reasoning import COT_INSTRUCTION, MARKER
 from tests.prompts.conftest import WriteTemplate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.engines.base import ChatMessage
+from service.domain import ChatMessage
 from service.prompts import Template, TemplateError, TemplateStore
 from tests.prompts.conftest import WriteTemplate
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loadtests.vllm_server import VLLM_PYTHON, VllmServer
-from service.engines.vllm_spawn import VllmCommand
+from service.engines.vllm.spawn import VllmCommand
 from tests.conftest import TINY_MODEL, free_port
 
 __all__ = ["CPU_FLAGS", "LONG_REQUEST_TOKENS", "MAX_MODEL_LEN", "VLLM_PYTHON", "VllmServer", "tiny_server"]

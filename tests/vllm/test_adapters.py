@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from service.engines.base import ChatMessage, GenerationRequest, SamplingParams
-from service.engines.vllm import VllmEngine
+from service.domain import ChatMessage, GenerationRequest, SamplingParams
+from service.engines.vllm.engine import VllmEngine
 from service.errors import AdapterLoadError
 from tests.conftest import TINY_MODEL, LiveServer
 from tests.demo_adapters import make_adapter

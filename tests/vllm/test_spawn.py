@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from service.app import create_app
-from service.engines.vllm import VllmEngine
+from service.engines.vllm.engine import VllmEngine
 from tests.conftest import TINY_MODEL, LiveServer, free_port
 from tests.vllm.servers import CPU_FLAGS, VLLM_PYTHON
 from tests.worlds import Deployment

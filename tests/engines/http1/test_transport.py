@@ -16,8 +16,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from service.engines import http1
-from service.engines.http1 import HIGH_WATER, Http1Transport
+from service.engines.vllm import http1
+from service.engines.vllm.http1 import HIGH_WATER, Http1Transport
 from tests.conftest import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

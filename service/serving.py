@@ -1,7 +1,7 @@
-"""Chat completions: a request's plan (see planning.py) -> engine -> OpenAI response or SSE.
+"""Serving a chat completion: a request's plan (see planning.py) -> engine -> OpenAI response or SSE.
 
-The route stays thin; the streaming and non-streaming paths share one plan,
-and hidden chain-of-thought is filtered out of the engine's deltas for both.
+The work behind the route in ``api/chat.py``, which stays thin; the streaming and non-streaming
+paths share one plan, and hidden chain-of-thought is filtered out of the engine's deltas for both.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from .engines.base import Delta, Engine
+from .domain import Delta
+from .engines.base import Engine
 from .errors import LoragateError
 from .metrics import RequestMetrics
 from .planning import Plan, Planner

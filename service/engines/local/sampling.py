@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SamplingParams
+from ...domain import SamplingParams
 
 _LARGEST = torch.finfo(torch.float32).max
 

@@ -11,14 +11,14 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import (
+from ...domain import Delta, FinishReason, GenerationRequest
+from ...errors import (
     ContextLengthError,
     InvalidRequestError,
     LoragateError,
     ModelNotFoundError,
     UpstreamError,
 )
-from .base import Delta, FinishReason, GenerationRequest
 
 BURST = 8  # events relayed in a row before others get the event loop (the last chunks of an answer fit)
 

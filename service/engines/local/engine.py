@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ContextLengthError, EngineFailure, EngineUnavailableError, ModelNotFoundError
-from .base import ChatMessage, Delta, EngineEvents, EngineHealth, GenerationRequest
+from ...domain import ChatMessage, Delta, GenerationRequest
+from ...errors import ContextLengthError, EngineFailure, EngineUnavailableError, ModelNotFoundError
+from ..base import EngineEvents, EngineHealth
 from .scheduler import Job, Scheduler
 
 log = logging.getLogger(__name__)

@@ -35,13 +35,14 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import AdapterLoadError, ModelNotFoundError, UpstreamError
-from .base import Delta, EngineEvents, EngineHealth, GenerationRequest
+from ...domain import Delta, GenerationRequest
+from ...errors import AdapterLoadError, ModelNotFoundError, UpstreamError
+from ..base import EngineEvents, EngineHealth
 from .http1 import Http1Transport
 from .routing import Replica, Router
+from .spawn import VllmSupervisor
 from .upstream import UpstreamClient, UpstreamReply, fetch
-from .vllm_spawn import VllmSupervisor
-from .vllm_wire import (
+from .wire import (
     ChunkReader,
     chat_body,
     data_lines,

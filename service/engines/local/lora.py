@@ -19,7 +19,7 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from .base import EngineEvents
+from ..base import EngineEvents
 
 log = logging.getLogger(__name__)
 

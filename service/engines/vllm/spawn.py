@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..registry import VLLM_LORA_RANKS
+from ...registry import VLLM_LORA_RANKS
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from .base import Delta, EngineEvents, FinishReason, GenerationRequest, SamplingParams
+from ...domain import Delta, FinishReason, GenerationRequest, SamplingParams
+from ..base import EngineEvents
 from .kv_batch import KVBatch, slack_cache
 from .lora import LoraSlots
 from .sampling import make_generator, needs_processing, next_token

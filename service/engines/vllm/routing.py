@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..errors import EngineUnavailableError
+from ...errors import EngineUnavailableError
 
 
 @dataclass(eq=False)

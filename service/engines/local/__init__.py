@@ -1,0 +1,1 @@
+"""The embedded engine: transformers and PEFT in the gateway's process (``engine.LocalEngine``)."""

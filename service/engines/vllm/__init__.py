@@ -1,0 +1,1 @@
+"""The vLLM engine: remote vLLM replicas behind one interface (``engine.VllmEngine``)."""
