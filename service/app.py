@@ -19,17 +19,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .api import chat, health, metrics, models
+from .api.openapi import describe
+from .api.pipeline import ApiRouter
 from .config import Settings
 from .engines.base import Engine, ReportsEvents
-from .errors import LoragateError, error_envelope
+from .errors import InvalidRequestError, LoragateError, MethodNotAllowedError, NotFoundError, error_envelope
 from .gpu import GpuCollector
 from .keys import KeyStore
 from .metrics import Metrics
-from .middleware import GatewayMiddleware, MetricsMiddleware
+from .middleware import GatewayMiddleware
 from .planning import Planner
 from .prompts import TemplateStore
 from .registry import Registry
@@ -112,28 +114,31 @@ def engine_kind(engine: Engine) -> str:
     return type(engine).__name__.removesuffix("Engine").lower() or "unknown"
 
 
-class LoragateApp(FastAPI):
-    """FastAPI, but requests for the chat path go to their own stack, ahead of the framework's.
+API_ROUTES = (chat.ROUTE, models.ROUTE)
 
-    The chat route is the gateway's hot path and skips FastAPI's per-request layers
-    (``service/api/chat.py`` says why). The other routes are FastAPI's.
+
+class LoragateApp(FastAPI):
+    """FastAPI, but every ``/v1`` request goes to the API pipeline, ahead of the framework's layers.
+
+    ``/v1`` is the gateway's hot path (``service/api/pipeline.py`` says why). FastAPI serves the
+    operational routes (``/health``, ``/ready``, ``/metrics``) and the docs.
     """
 
-    def __init__(self, chat_stack: ASGIApp, **options: Any):
+    def __init__(self, api: ApiRouter, **options: Any):
         super().__init__(**options)
-        self.chat_stack = chat_stack
+        self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == scope.get("root_path", "") + chat.CHAT_PATH:
-            scope["app"] = self  # as Starlette does: the route reads the app's state through it
-            await self.chat_stack(scope, receive, send)
+        if scope["type"] == "http" and scope["path"].startswith("/v1/", len(scope.get("root_path", ""))):
+            scope["app"] = self  # as Starlette does: the routes read the app's state through it
+            await self.api(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
 
 def create_app(
     settings: Settings, engine_factory: EngineFactory = default_engine, *, nvml: Any = None
-) -> FastAPI:
+) -> LoragateApp:
     """``nvml``: a stand-in for the ``pynvml`` module (tests); None reads the real one at scrape time."""
     if settings.api_key is None:
         raise ValueError("create_app needs settings with an api_key (see Settings.with_dev_key)")
@@ -172,12 +177,9 @@ def create_app(
             await engine.close()
             gpu.close()
 
-    # Metrics outermost: they see every status, the 413s and last-resort 500s included.
-    chat_stack = MetricsMiddleware(
-        GatewayMiddleware(chat.ChatRoute(), max_body_bytes=settings.max_request_bytes), metrics=telemetry
-    )
+    api = ApiRouter(API_ROUTES, max_body_bytes=settings.max_request_bytes, metrics=telemetry)
     app = LoragateApp(
-        chat_stack,
+        api,
         title="loragate",
         version=__version__,
         summary="OpenAI-compatible gateway for LoRA-customised models",
@@ -185,26 +187,32 @@ def create_app(
     )
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
     _install_error_handlers(app)
-    for router in (models.router, health.router, metrics.router):
+    for router in (health.router, metrics.router):
         app.include_router(router)
     generated = app.openapi
-    app.openapi = lambda: chat.document(generated())  # type: ignore[method-assign]
+    app.openapi = lambda: describe(generated(), api.routes)  # type: ignore[method-assign]
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    """FastAPI's own errors become the gateway's (``errors.py``), rendered as every route renders them."""
+
     @app.exception_handler(LoragateError)
     async def loragate_error(_: Request, exc: LoragateError) -> JSONResponse:
         return JSONResponse(exc.envelope(), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        envelope = error_envelope(f"Invalid request: {first['msg']}", "invalid_request_error", param)
-        return JSONResponse(envelope, status_code=400)
+        return await loragate_error(
+            request, InvalidRequestError(f"Invalid request: {first['msg']}", param=param)
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = {404: NotFoundError, 405: MethodNotAllowedError}.get(exc.status_code)
+        if error is not None:
+            return await loragate_error(request, error(str(exc.detail)))
+        kind = "invalid_request_error" if exc.status_code < 500 else "internal_error"  # any other status
         return JSONResponse(error_envelope(str(exc.detail), kind), status_code=exc.status_code)

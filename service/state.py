@@ -12,7 +12,7 @@ from .engines.base import Engine
 from .metrics import Metrics
 from .registry import Registry
 from .serving import ChatService
-from .tenancy import Principal, Tenancy
+from .tenancy import Tenancy
 
 
 @dataclass
@@ -33,10 +33,3 @@ async def get_state(request: Request) -> AppState:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
-
-async def authenticate(request: Request, state: StateDep) -> Principal:
-    """Bearer key -> tenant (and pinned department); keys are found by their hashes."""
-    return state.tenancy.authenticate(request.headers.get("authorization"))
-
-
-PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -5,22 +5,21 @@ Adapter aliases that the tenants file allows but the registry does not (yet) hol
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from ..protocol import ModelCard, ModelList
-from ..state import PrincipalDep, StateDep
-
-router = APIRouter(tags=["models"])
+from .pipeline import Answer, ApiRoute, Call
 
 
-@router.get("/v1/models")
-async def list_models(state: StateDep, principal: PrincipalDep) -> ModelList:
+async def list_models(call: Call, _: None) -> Answer:
+    state = call.state
     base = state.settings.model_name
     published = state.registry.aliases()
     cards = []
-    for name in state.tenancy.visible_models(principal):
+    for name in state.tenancy.visible_models(call.principal):
         if name != base and name not in published:
             continue
         parent = None if name == base else base
         cards.append(ModelCard(id=name, created=state.created, root=base, parent=parent))
-    return ModelList(data=cards)
+    return Answer(json=ModelList(data=cards).model_dump(mode="json"))
+
+
+ROUTE = ApiRoute("GET", "/v1/models", list_models, response=ModelList, summary="List Models", tag="models")

@@ -27,9 +27,9 @@ from service.config import Settings
 from service.http_server import GatewayHttpProtocol, fit_file_limit, server_options
 from tests.conftest import LiveServer
 
-HEADER_TIMEOUT = BODY_TIMEOUT = 0.5
-KEEP_ALIVE = 2.0
-SLOW_READ = 1.0  # seconds /slow-read waits before it reads the body: longer than BODY_TIMEOUT
+HEADER_TIMEOUT = BODY_TIMEOUT = 1.0  # a loaded 2-core host can stall a client thread for a good part of 0.5 s
+KEEP_ALIVE = 3.0
+SLOW_READ = 2.0  # seconds /slow-read waits before it reads the body: longer than BODY_TIMEOUT
 WAIT = 8.0  # the longest any test waits for the server: generous for a loaded 2-core host
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
@@ -174,7 +174,7 @@ def test_a_kept_alive_connection_idles_under_keep_alive_not_the_head_timeout(ser
     with _connect(server) as connection:
         connection.sendall(b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 5\r\n\r\nhello")
         assert _response(connection)[::2] == (200, b"5")
-        time.sleep(2 * HEADER_TIMEOUT)  # idle: past the head timeout, within keep-alive
+        time.sleep(1.5 * HEADER_TIMEOUT)  # idle: past the head timeout, well within keep-alive
         connection.sendall(b"GET /ready HTTP/1.1\r\nhost: test\r\n\r\n")
         assert _response(connection)[::2] == (200, b"0")
         answered = time.monotonic()

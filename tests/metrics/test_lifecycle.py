@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.api.chat import CHAT_PATH
 from service.middleware import GatewayMiddleware, MetricsMiddleware
 
 from .conftest import AUTH, GatedEngine, fake_app
@@ -143,6 +144,6 @@ async def test_a_stream_abandoned_during_a_send_aborts_the_engine_before_the_res
 
 
 def test_metrics_wrap_the_chat_route_outside_its_error_handling() -> None:
-    stack = fake_app(GatedEngine()).chat_stack
+    stack = fake_app(GatedEngine()).api.stacks[CHAT_PATH]
     assert isinstance(stack, MetricsMiddleware), "outermost: it sees the 413s and 500s others send"
     assert isinstance(stack.app, GatewayMiddleware)

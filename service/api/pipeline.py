@@ -1,0 +1,228 @@
+"""Every ``/v1`` route goes through one pipeline, ahead of FastAPI's per-request machinery.
+
+The ``/v1`` routes are the gateway's hot path. FastAPI's middleware layers, routing, dependency
+injection, Request and Response objects and a task group per streamed response cost CPU on
+every request (measured when the chat route left them: ``git log -p -- BENCHMARKS.md``, "The
+hot path rewritten"), so they get this small pipeline instead; FastAPI keeps the operational
+routes (``/health``, ``/ready``, ``/metrics``) and serves the docs, where the ``/v1`` routes are
+described from this route table and the protocol models (``describe``).
+
+A request, in order:
+
+1. ``MetricsMiddleware``, for routes with ``measured`` set (chat): the request's metrics and the
+   status that went out, whichever layer sent it.
+2. ``GatewayMiddleware``: request id, body limit, any ``LoragateError`` as the OpenAI envelope.
+3. ``Endpoint``: the method (405), the caller's key (401), the body into the route's request
+   model (400); then the route's handler, which returns an :class:`Answer` (JSON or SSE).
+
+A client that leaves cancels the handler and the relay of its answer (which aborts the engine's
+work), on every route: ``until_disconnected`` puts them in an anyio cancel scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import ClientDisconnected, InvalidRequestError, MethodNotAllowedError, NotFoundError, quoted
+from ..metrics import Metrics, RequestMetrics, recorder_of
+from ..middleware import GatewayMiddleware, MetricsMiddleware, request_id_of
+from ..sse import DONE
+from ..state import AppState
+from ..tenancy import Principal
+
+T = TypeVar("T")
+SSE_HEAD = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+
+
+@dataclass(slots=True)
+class Call:
+    """What a handler gets besides the parsed body: the app's state and who is asking."""
+
+    scope: Scope
+    state: AppState
+    principal: Principal
+    headers: Headers
+    metrics: RequestMetrics | None  # None on routes that are not measured
+
+    @property
+    def request_id(self) -> str:
+        return request_id_of(self.scope)
+
+
+@dataclass(slots=True)
+class Answer:
+    """A handler's answer: a JSON body, or SSE text to relay as it comes (closed when the response ends)."""
+
+    json: Any = None
+    events: AsyncIterator[str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Call, Any], Awaitable[Answer]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    """One ``/v1`` route: what it takes and answers (the docs come from these models) and who serves it."""
+
+    method: str
+    path: str
+    handler: Handler
+    response: type[BaseModel]
+    request: type[BaseModel] | None = None  # None: no body is read
+    stream: type[BaseModel] | None = None  # the SSE event, when the request may ask for a stream
+    measured: bool = False  # counted in the request metrics (the chat families)
+    summary: str = ""
+    tag: str = ""
+
+
+class Endpoint:
+    """The routes of one path, behind the pipeline's checks."""
+
+    def __init__(self, path: str, routes: Sequence[ApiRoute]):
+        self.path = path
+        self.routes = {route.method: route for route in routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope["method"])
+        if route is None:
+            allowed = " or ".join(sorted(self.routes))
+            raise MethodNotAllowedError(f"{self.path} takes {allowed} requests only.")
+        state: AppState = scope["app"].state.loragate
+        metrics = recorder_of(scope) if route.measured else None
+        headers = Headers(scope=scope)
+        principal = state.tenancy.authenticate(headers.get("authorization"))
+        if metrics is not None:
+            metrics.authenticated(principal.tenant.name)
+        body = None
+        if route.request is not None:  # after authentication: a bad key is a 401 whatever the body
+            body = parse_body(route.request, await read_body(receive))
+        call = Call(scope, state, principal, headers, metrics)
+        started = False
+
+        async def respond() -> None:
+            nonlocal started
+            answer = await route.handler(call, body)
+            started = True
+            if answer.events is None:
+                await send_json(send, answer.json, answer.headers)
+            else:
+                await relay(answer.events, send, SSE_HEAD | answer.headers)
+
+        try:
+            await until_disconnected(receive, respond())
+        except (ClientDisconnected, OSError):  # OSError: how ASGI 2.4 servers report a gone client on send
+            if not started:
+                raise ClientDisconnected("The client closed the connection.") from None
+
+
+class ApiRouter:
+    """The ``/v1`` paths, each with its own stack (metrics, where measured, around the gateway's checks)."""
+
+    def __init__(self, routes: Sequence[ApiRoute], *, max_body_bytes: int, metrics: Metrics):
+        self.routes = tuple(routes)
+        by_path: dict[str, list[ApiRoute]] = {}
+        for route in routes:
+            by_path.setdefault(route.path, []).append(route)
+        self.stacks: dict[str, ASGIApp] = {}
+        for path, group in by_path.items():
+            stack: ASGIApp = GatewayMiddleware(Endpoint(path, group), max_body_bytes=max_body_bytes)
+            if any(route.measured for route in group):
+                stack = MetricsMiddleware(stack, metrics=metrics)  # outermost: it sees every status
+            self.stacks[path] = stack
+        self._unknown = GatewayMiddleware(_unknown_path, max_body_bytes=max_body_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"][len(scope.get("root_path", "")) :]
+        await self.stacks.get(path, self._unknown)(scope, receive, send)
+
+
+async def _unknown_path(scope: Scope, receive: Receive, send: Send) -> None:
+    raise NotFoundError(f"There is no route {quoted(scope['path'])}.", code="unknown_url")
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("The client closed the connection.")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    """JSON straight into the model: one pass in pydantic's parser, not ``json.loads`` and then another."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequestError:
+    """pydantic's first complaint as the OpenAI 400 (``param`` names the field)."""
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return InvalidRequestError("We could not parse the JSON body of your request. Send valid JSON.")
+    param = ".".join(str(p) for p in first["loc"]) or None
+    return InvalidRequestError(f"Invalid value for {param or 'the body'}: {first['msg']}", param=param)
+
+
+async def relay(events: AsyncIterator[str], send: Send, headers: dict[str, str]) -> None:
+    """Relay SSE text as it comes; the generator is closed the moment the response ends, however it ends.
+
+    Closing it aborts the engine's work (for vLLM: closes the upstream request, so vLLM stops).
+    """
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": _raw(headers)})
+        async for text in events:
+            last = text.endswith(DONE)  # the chunk that ends in [DONE] also ends the body: one write less
+            await send({"type": "http.response.body", "body": text.encode(), "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def send_json(send: Send, content: Any, headers: dict[str, str]) -> None:
+    body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    head = {"content-type": "application/json", "content-length": str(len(body)), **headers}
+    await send({"type": "http.response.start", "status": 200, "headers": _raw(head)})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Run ``work`` in this task; if the client goes away first, cancel it and raise ClientDisconnected.
+
+    One watcher task per request, not a task for the work as well: a task costs more than all the
+    bookkeeping a route does for the request. anyio's cancel scope tells its own cancellation from
+    anyone else's (a server shutting down), so only a client that left becomes ClientDisconnected.
+    """
+    with anyio.CancelScope() as scope:
+        watcher = asyncio.ensure_future(_disconnect(receive))
+        watcher.add_done_callback(lambda done: done.cancelled() or done.exception() or scope.cancel())
+        try:
+            return await work
+        finally:
+            watcher.cancel()
+    raise ClientDisconnected("The client closed the connection.")
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
