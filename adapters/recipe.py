@@ -2,8 +2,8 @@
 
     recipe = load_recipe("adapters/recipes/it-helpdesk.yaml", ["sft.epochs=1", "lora.r=8"])
 
-A recipe is typed (pydantic, unknown keys refused) and every field has help text
-(`loragate train show-recipe --help-fields` prints it). Command-line overrides are
+A recipe is typed (pydantic, unknown keys refused) and every field has help text (its
+``Field(description=...)`` below; `adapters/recipes/*.yaml` show them in use). Command-line overrides are
 `dotted.key=value` strings whose value is read as YAML (`sft.learning_rate=5e-4`,
 `lora.target_modules=[q_proj,v_proj]`). Relative paths in a recipe are relative to
 the current directory (the repository root in the documented commands).

@@ -18,7 +18,9 @@ from .config import Settings
 from .registry import AdapterRejected, Registry
 
 
-def add_adapter_commands(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_adapter_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     parser = commands.add_parser("adapters", help="list, publish, promote and roll back LoRA adapters")
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("list", help="aliases and every registered adapter version")

@@ -49,7 +49,7 @@ from .errors import HeadersTooLargeError, LoragateError, RequestTimeoutError
 try:  # private: if uvicorn moves it, this module still imports and server_options falls back
     from uvicorn.protocols.http import httptools_impl
 except ImportError:
-    httptools_impl = None  # type: ignore[assignment]
+    httptools_impl = None  # type: ignore[assignment]  # mypy types an imported module as never None
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -65,7 +65,13 @@ UVICORN_TESTED = ((0, 55), (0, 56))
 NEW, HEAD, BODY, IDLE, UPGRADED = "new", "head", "body", "idle", "upgraded"
 
 
-class PassWriteTransport:
+if TYPE_CHECKING:
+    _Transport = asyncio.Transport  # what the proxy stands for: it forwards the rest (__getattr__)
+else:
+    _Transport = object
+
+
+class PassWriteTransport(_Transport):
     """An ``asyncio.Transport`` proxy whose writes go out together at the end of the loop's current pass."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
@@ -113,13 +119,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     body_timeout: ClassVar[float] = 30.0
     max_header_bytes: ClassVar[int] = 32_768
 
+    # the parameter narrowed as uvicorn's HttpToolsProtocol narrows asyncio.Protocol's (its own ignore)
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._writes = PassWriteTransport(transport, asyncio.get_running_loop())
         self._phase = NEW
         self._timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # of the head being read, counted per read (see data_received)
         self._head_bound = math.inf  # what the head just completed can be at most
-        super().connection_made(self._writes)  # type: ignore[arg-type]
+        super().connection_made(self._writes)
         self._timer = self.loop.call_later(self.header_timeout, self._expired)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -17,7 +17,7 @@ adapter_loads_total, adapter_evictions_total{adapter}   the embedded engine's Lo
 adapter_load_seconds{adapter}                           time to load one adapter
 template_reloads_total{template}                        L1 template files loaded (the first load included)
 template_failures_total{template}                       template versions refused, renders that failed
-replica_up{replica}                                     vLLM replicas up 1/0 (none yet): ``replica_health``
+replica_up{replica}                                     vLLM replicas up 1/0, from the backend's health checks
 gpu_*                                                   NVML, sampled at scrape time (see gpu.py)
 build_info{version,engine,model}                        always 1
 
@@ -68,7 +68,8 @@ class Metrics(EngineEvents):
     """The families of one app, and the events engines and templates report to it."""
 
     def __init__(self, gpu: Collector | None = None):
-        disable_created_metrics()  # no *_created series: they double the series and dashboards skip them
+        # no *_created series: they double the series and dashboards skip them
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         self.registry = r = CollectorRegistry()
 
         def counter(name: str, doc: str, labels: Sequence[str] = ROUTE) -> Counter:

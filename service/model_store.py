@@ -73,7 +73,8 @@ def prepare_model(target: Path, *, dtype: str = "bfloat16") -> Path:
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        # transformers leaves the auto classes' from_config unannotated
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)  # type: ignore[no-untyped-call]
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
         del loaded

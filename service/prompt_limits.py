@@ -19,8 +19,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Undefined
-from jinja2.sandbox import SecurityError
 from jinja2.utils import Namespace
 
 T = TypeVar("T")
@@ -71,12 +71,14 @@ class Budget:
     def charge(self, value: T) -> T:
         """Count what an operation built against the limits; returns it."""
         if isinstance(value, str):
-            self.fits(len(value), "a string")
+            size = len(value)
+            self.fits(size, "a string")
         elif isinstance(value, list | tuple | dict):
-            self.fits_items(len(value), "a collection")
+            size = len(value)
+            self.fits_items(size, "a collection")
         else:
             return value
-        self.alloc -= len(value)
+        self.alloc -= size
         if self.alloc < 0:
             raise RenderLimitError("the template builds too much text in all")
         return value
@@ -274,7 +276,9 @@ _TEXT_METHODS = frozenset(
 _VALUE_METHODS = frozenset("count index copy get keys values items bit_length is_integer".split())
 
 
-def checked_method_args(limits: Budget, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple:
+def checked_method_args(
+    limits: Budget, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, ...]:
     """The arguments to call ``func`` with, once its size checks pass.
 
     Methods of Python's own types (``str``, ``list``, ``dict``, ``int``...) are allowed only from a
@@ -298,7 +302,9 @@ def checked_method_args(limits: Budget, func: Any, args: tuple[Any, ...], kwargs
     return args
 
 
-def _check_text_method(limits: Budget, text: str, name: str, args: tuple, kwargs: dict[str, Any]) -> None:
+def _check_text_method(
+    limits: Budget, text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
     if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
         limits.fits(args[0], f"the text of str.{name}()")
     elif name == "expandtabs":

@@ -71,7 +71,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     """The store's environment: compile with :meth:`compile_prompt`, render with :func:`render`."""
 
     intercepted_binops = frozenset({"+", "*", "**", "%"})
-    concat = staticmethod(bounded_concat)  # type: ignore[assignment]
+    concat = staticmethod(bounded_concat)
 
     def __init__(self) -> None:
         super().__init__(
@@ -84,7 +84,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         del self.globals["lipsum"]
         self.globals["namespace"] = limits_.BoundedNamespace
         self.filters = bounded_filters(self.filters)
-        self.tests = bounded_tests(self.tests)
+        # jinja2 leaves Environment.tests unannotated: mypy infers dict[str, function] from its TESTS table
+        self.tests = bounded_tests(self.tests)  # type: ignore[arg-type, assignment]
 
     def compile_prompt(self, source: str, max_chars: int) -> jinja2.Template:
         """Parse, check and compile a system prompt; ValueError or TemplateSyntaxError if refused."""
@@ -98,7 +99,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         tree.set_environment(self)
         return self.from_string(tree)
 
-    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         limits = budget()
         limits.tick()
         if not self.is_safe_callable(obj):
@@ -137,7 +138,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             if name == "format_map":
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument")
-                args, kwargs = (), args[0]
+                kwargs, args = args[0], ()
             return type(owner)(formatter.vformat(owner, args, kwargs))
 
         return format_text
@@ -178,23 +179,24 @@ class _EscapeFormatter(_Formatter, EscapeFormatter):
 
 
 # -- the rewritten template -------------------------------------------------------------------
-def _helper(name: str, args: list[nodes.Expr], lineno: int) -> nodes.Call:
+def _helper(name: str, args: list[nodes.Node], lineno: int) -> nodes.Call:
     helper = nodes.ImportedName(f"{__name__}.{name}", lineno=lineno)  # how extensions call Python
     return nodes.Call(helper, args, [], None, None, lineno=lineno)
 
 
 class _Harden(NodeTransformer):
+    # NodeTransformer.generic_visit transforms a node's children in place and returns the node itself
     def visit_For(self, node: nodes.For) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)
         node.iter = _helper("guarded", [node.iter], node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)
         return _helper("joined", list(node.nodes), node.lineno)
 
     def visit_Getitem(self, node: nodes.Getitem) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)
         if not isinstance(node.arg, nodes.Slice):  # items go through environment.getitem
             return node
         bounds = [
@@ -204,14 +206,14 @@ class _Harden(NodeTransformer):
         return _helper("sliced", [node.node, *bounds], node.lineno)
 
     def visit_Pair(self, node: nodes.Pair) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)
         if not isinstance(node.key, nodes.Const):  # {key: value} hashes the key
             node.key = _helper("hashed", [node.key], node.lineno)
         return node
 
     def visit_Compare(self, node: nodes.Compare) -> nodes.Node:
-        node = self.generic_visit(node)
-        args: list[nodes.Expr] = [node.expr]
+        self.generic_visit(node)
+        args: list[nodes.Node] = [node.expr]
         for operand in node.ops:
             args += [nodes.Const(operand.op, lineno=node.lineno), operand.expr]
         return _helper("compared", args, node.lineno)
@@ -277,7 +279,12 @@ def check_constructs(tree: nodes.Template) -> None:
     for node in tree.find_all(tuple(_FORBIDDEN_TAGS)):
         tag = _FORBIDDEN_TAGS[type(node)]
         raise ValueError(f"system prompt, line {node.lineno}: {{% {tag} %}} is not allowed (no file access)")
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+    named: tuple[type[nodes.Getattr | nodes.Getitem | nodes.Filter], ...] = (
+        nodes.Getattr,
+        nodes.Getitem,
+        nodes.Filter,
+    )
+    for node in tree.find_all(named):
         if isinstance(node, nodes.Getattr):
             attr: object = node.attr
         elif isinstance(node, nodes.Getitem):

@@ -65,7 +65,11 @@ import yaml
 
 from . import prompt_sandbox
 from .domain import ChatMessage
-from .prompt_schema import COT_MODES, KEYS, CotMode, Template, parse_template  # noqa: F401 (re-exported)
+from .prompt_schema import COT_MODES as COT_MODES  # re-exported
+from .prompt_schema import KEYS as KEYS  # re-exported
+from .prompt_schema import CotMode as CotMode  # re-exported
+from .prompt_schema import Template as Template  # re-exported
+from .prompt_schema import parse_template
 from .reasoning import COT_INSTRUCTION
 from .reloading import Signature, signature
 

@@ -254,7 +254,8 @@ class Registry:
 
     def _load_aliases(self) -> dict[str, dict[str, Any]]:
         try:
-            return json.loads(self._aliases_file.read_text())["aliases"]
+            aliases: dict[str, dict[str, Any]] = json.loads(self._aliases_file.read_text())["aliases"]
+            return aliases
         except FileNotFoundError:
             return {}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
@@ -36,7 +36,7 @@ class ChatService:
     engine: Engine
     planner: Planner
 
-    def _deltas(self, plan: Plan) -> AsyncIterator[Delta]:
+    def _deltas(self, plan: Plan) -> AsyncGenerator[Delta, None]:
         deltas = self.engine.stream(plan.request)
         return _without_reasoning(deltas) if plan.hide_reasoning else deltas
 
@@ -71,7 +71,7 @@ class ChatService:
 
     async def open_stream(
         self, plan: Plan, body: ChatCompletionRequest, metrics: RequestMetrics
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Start generating; errors up to the first token raise here (a real HTTP error)."""
         deltas = self._deltas(plan)
         try:
@@ -87,9 +87,9 @@ class ChatService:
         body: ChatCompletionRequest,
         n: int,
         first: Delta,
-        deltas: AsyncIterator[Delta],
+        deltas: AsyncGenerator[Delta, None],
         metrics: RequestMetrics,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         chunks = ChunkEvents(
             new_completion_id(), int(time.time()), body.model, usage_field=body.include_usage
         )
@@ -134,10 +134,10 @@ class ChatService:
         yield out + DONE
 
 
-async def _without_reasoning(deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+async def _without_reasoning(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
     """Hidden chain of thought: each choice's text before the answer marker never leaves."""
     filters: dict[int, HiddenReasoning] = {}
-    async with aclosing(deltas):  # type: ignore[type-var]
+    async with aclosing(deltas):
         async for delta in deltas:
             hidden = filters.setdefault(delta.index, HiddenReasoning())
             text = hidden.feed(delta.text)

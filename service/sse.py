@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring_ascii as quote  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as quote
 from typing import Any
 
 from pydantic import BaseModel

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -63,7 +63,7 @@ class Answer:
     """A handler's answer: a JSON body, or SSE text to relay as it comes (closed when the response ends)."""
 
     json: Any = None
-    events: AsyncIterator[str] | None = None
+    events: AsyncGenerator[str, None] | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -178,7 +178,7 @@ def invalid_request(exc: ValidationError) -> InvalidRequestError:
     return InvalidRequestError(f"Invalid value for {param or 'the body'}: {first['msg']}", param=param)
 
 
-async def relay(events: AsyncIterator[str], send: Send, headers: dict[str, str]) -> None:
+async def relay(events: AsyncGenerator[str, None], send: Send, headers: dict[str, str]) -> None:
     """Relay SSE text as it comes; the generator is closed the moment the response ends, however it ends.
 
     Closing it aborts the engine's work (for vLLM: closes the upstream request, so vLLM stops).
@@ -192,7 +192,7 @@ async def relay(events: AsyncIterator[str], send: Send, headers: dict[str, str])
                 return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 async def send_json(send: Send, content: Any, headers: dict[str, str]) -> None:
@@ -214,8 +214,13 @@ async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     anyone else's (a server shutting down), so only a client that left becomes ClientDisconnected.
     """
     with anyio.CancelScope() as scope:
+
+        def cancel_work(done: asyncio.Future[None]) -> None:
+            if not (done.cancelled() or done.exception()):
+                scope.cancel()
+
         watcher = asyncio.ensure_future(_disconnect(receive))
-        watcher.add_done_callback(lambda done: done.cancelled() or done.exception() or scope.cancel())
+        watcher.add_done_callback(cancel_work)
         try:
             return await work
         finally:

@@ -19,7 +19,7 @@ Engines that have more to tell (adapter loads, replica health) also implement
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -44,7 +44,7 @@ class Engine(Protocol):
     async def start(self) -> None:
         """Begin loading or connecting; return at once (``health`` reports progress)."""
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]: ...
 
     async def ensure_adapter(self, name: str, path: Path) -> None: ...
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,8 @@ class LocalEngine:
         device = self._device if self._device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = auto_dtype(device) if self._dtype == "auto" else getattr(torch, self._dtype)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(device).eval()
+        # PreTrainedModel.to is wrapped by functools.wraps, whose typeshed type does not bind self
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
         eos = model.generation_config.eos_token_id
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
@@ -140,16 +141,17 @@ class LocalEngine:
     # -- generation --------------------------------------------------------------
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         """The text the model sees: the messages after the model's chat template."""
-        return self._tokenizer.apply_chat_template(
+        text: str = self._tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in messages],
             tokenize=False,
             add_generation_prompt=True,
         )
+        return text
 
     def encode(self, messages: Sequence[ChatMessage]) -> list[int]:
         return list(self._tokenizer(self.render_prompt(messages), add_special_tokens=False).input_ids)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         scheduler = self._scheduler
         if scheduler is None:
             raise EngineUnavailableError("The model is still loading; retry shortly.")

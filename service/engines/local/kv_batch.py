@@ -9,7 +9,7 @@ real tokens, so rotary positions stay right whatever the padding.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +34,16 @@ class KVBatch:
         """Position of each row's next token, shape [rows, 1]."""
         return self.mask.sum(dim=1, keepdim=True)
 
+    def _slack_layers(self) -> list[SlackLayer]:
+        # slack_cache() fills the cache with SlackLayers, prefilled before a KVBatch holds them; transformers
+        # types Cache.layers as any kind of layer (linear-attention ones have no keys/values)
+        return cast("list[SlackLayer]", self.cache.layers)
+
     def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(layer.keys, layer.values) for layer in self.cache.layers]
+        return [(layer.keys, layer.values) for layer in self._slack_layers()]
 
     def _set_layers(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for layer, (k, v) in zip(self.cache.layers, kv, strict=True):
+        for layer, (k, v) in zip(self._slack_layers(), kv, strict=True):
             layer.keys, layer.values = k, v
 
     def select(self, rows: torch.Tensor) -> None:
@@ -82,7 +87,8 @@ def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     return mask if missing == 0 else F.pad(mask, (missing, 0))
 
 
-class SlackLayer(DynamicLayer):
+# transformers leaves CacheLayerMixin.__init_subclass__ unannotated
+class SlackLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A DynamicLayer that writes new tokens into spare capacity instead of concatenating.
 
     ``torch.cat`` on every step copies the whole cache (a fifth of a decode step on a
@@ -91,6 +97,10 @@ class SlackLayer(DynamicLayer):
     leaving), the next update copies them into a fresh buffer with room to grow.
     """
 
+    # None only until the first update, which initializes the layer before reading them (CacheLayerMixin
+    # types them optional for every kind of layer)
+    keys: torch.Tensor
+    values: torch.Tensor
     _kbuf: torch.Tensor | None = None
     _vbuf: torch.Tensor | None = None
 
@@ -100,24 +110,25 @@ class SlackLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         length, new = self.keys.shape[-2] if self.keys.dim() == 4 else 0, key_states.shape[-2]
-        if not self._owns_views() or length + new > self._kbuf.shape[-2]:  # type: ignore[union-attr]
-            self._regrow(key_states, value_states, length, length + new)
-        assert self._kbuf is not None and self._vbuf is not None
-        self._kbuf[:, :, length : length + new] = key_states
-        self._vbuf[:, :, length : length + new] = value_states
-        self.keys = self._kbuf[:, :, : length + new]
-        self.values = self._vbuf[:, :, : length + new]
+        kbuf, vbuf = self._kbuf, self._vbuf
+        if kbuf is None or vbuf is None or not self._owns_views(kbuf) or length + new > kbuf.shape[-2]:
+            kbuf, vbuf = self._regrow(key_states, value_states, length, length + new)
+        kbuf[:, :, length : length + new] = key_states
+        vbuf[:, :, length : length + new] = value_states
+        self.keys = kbuf[:, :, : length + new]
+        self.values = vbuf[:, :, : length + new]
         return self.keys, self.values
 
-    def _owns_views(self) -> bool:
+    def _owns_views(self, kbuf: torch.Tensor) -> bool:
         return (
-            self._kbuf is not None
-            and self.keys.dim() == 4
-            and self.keys.data_ptr() == self._kbuf.data_ptr()
-            and self.keys.shape[0] == self._kbuf.shape[0]
+            self.keys.dim() == 4
+            and self.keys.data_ptr() == kbuf.data_ptr()
+            and self.keys.shape[0] == kbuf.shape[0]
         )
 
-    def _regrow(self, k: torch.Tensor, v: torch.Tensor, length: int, needed: int) -> None:
+    def _regrow(
+        self, k: torch.Tensor, v: torch.Tensor, length: int, needed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         capacity = max(needed + _SLACK, 2 * needed) if needed > _SLACK else needed + _SLACK
         shape = (k.shape[0], k.shape[1], capacity, k.shape[3])
         kbuf, vbuf = k.new_empty(shape), v.new_empty(shape)
@@ -125,6 +136,7 @@ class SlackLayer(DynamicLayer):
             kbuf[:, :, :length] = self.keys
             vbuf[:, :, :length] = self.values
         self._kbuf, self._vbuf = kbuf, vbuf
+        return kbuf, vbuf
 
 
 _SLACK = 128
@@ -132,5 +144,6 @@ _SLACK = 128
 
 def slack_cache(config: Any) -> DynamicCache:
     cache = DynamicCache(config=config)
-    cache.layers = [SlackLayer() for _ in cache.layers]
+    # transformers leaves CacheLayerMixin.__init__ unannotated
+    cache.layers = [SlackLayer() for _ in cache.layers]  # type: ignore[no-untyped-call]
     return cache

@@ -249,8 +249,8 @@ class Scheduler:
 
     def _with_adapters_loaded(self, jobs: list[Job]) -> list[Job]:
         """Load the adapters these jobs need; a job whose adapter fails to load fails alone."""
-        in_use = {r.job.request.adapter for r in self._rows} | {j.request.adapter for j in jobs}
-        in_use.discard(None)
+        requests = [r.job.request for r in self._rows] + [j.request for j in jobs]
+        in_use = {request.adapter for request in requests if request.adapter is not None}
         ready = []
         for job in jobs:
             name = job.request.adapter
@@ -258,7 +258,7 @@ class Scheduler:
                 if name is not None:
                     if job.adapter_path is None:
                         raise ValueError(f"no path for adapter {name!r}")
-                    self.lora.ensure(name, job.adapter_path, in_use)  # type: ignore[arg-type]
+                    self.lora.ensure(name, job.adapter_path, in_use)
             except Exception as exc:
                 log.exception("loading adapter %s failed", name)
                 job.send(exc)

@@ -30,7 +30,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 import httpx
@@ -243,7 +243,7 @@ class VllmEngine:
             self._events.adapter_evicted(victim)
 
     # -- generation --------------------------------------------------------------
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         if request.adapter is not None and request.adapter not in self._paths:
             raise ModelNotFoundError(f"The adapter `{request.adapter}` is not registered.", param="model")
         tried: list[Replica] = []
@@ -284,7 +284,7 @@ class VllmEngine:
         url = self._chat_urls[replica.url]
         return await self._client.request("POST", url, content, headers, self._timeouts)
 
-    async def _relay(self, response: UpstreamReply, n: int) -> AsyncIterator[Delta]:
+    async def _relay(self, response: UpstreamReply, n: int) -> AsyncGenerator[Delta, None]:
         reader = ChunkReader(n)
         try:
             async for data in data_lines(response):

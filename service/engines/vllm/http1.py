@@ -46,7 +46,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
     def __init__(self, max_connections: int = 1024, keepalive_expiry: float = 15.0):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
-        self._slots: asyncio.Semaphore | None = None  # made on first use, in the loop that runs it
+        # binds to the loop that first waits on it (asyncio's primitives bind lazily since Python 3.10)
+        self._slots = asyncio.Semaphore(max_connections)
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._open: set[_Connection] = set()
 
@@ -109,7 +110,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         except BaseException:  # a timeout, a cancelled request: the connection's state is unknown
             if connection is not None:
                 connection.close()
-            self._slots.release()  # type: ignore[union-attr]
+            self._slots.release()
             raise
         return Answer(self, connection, timeouts.get("read"))
 
@@ -119,8 +120,6 @@ class Http1Transport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
     async def _acquire(self, timeout: float | None) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max_connections)
         if not self._slots.locked():
             await self._slots.acquire()  # free: no wait, no timer
             return
@@ -153,7 +152,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     def _release(self, connection: _Connection) -> None:
         """The answer is over: its slot is free, and a connection that is still good is kept."""
-        self._slots.release()  # type: ignore[union-attr]
+        self._slots.release()
         if connection.reusable():
             connection.idle_since = time.monotonic()
             self._idle.setdefault(connection.key, deque()).append(connection)
@@ -174,10 +173,12 @@ class _NoAnswer(Exception):
 class _Connection(asyncio.Protocol):
     """One TCP connection: one request at a time, its answer parsed as it arrives."""
 
+    transport: asyncio.Transport  # set by connection_made, before create_connection returns the protocol
+    _grace: asyncio.TimerHandle  # set by when_complete with _then, and read only while _then is set
+
     def __init__(self, pool: Http1Transport, key: tuple[str, int]):
         self._pool = pool
         self.key = key  # (host, port), as the pool knows it
-        self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None  # set while a request is out
@@ -193,7 +194,6 @@ class _Connection(asyncio.Protocol):
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._then: Callable[[], None] | None = None  # see when_complete; the body is then dropped
-        self._grace: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -214,7 +214,7 @@ class _Connection(asyncio.Protocol):
             self.close()
         if self._buffered > HIGH_WATER and not self._paused:
             self._paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -257,7 +257,7 @@ class _Connection(asyncio.Protocol):
         self._error = None
         if self.closed:
             raise _NoAnswer()
-        self.transport.write(message)  # type: ignore[union-attr]
+        self.transport.write(message)
         while not self._head_done:
             if self._error is not None:
                 raise self._error
@@ -271,7 +271,7 @@ class _Connection(asyncio.Protocol):
                 self._chunks, self._buffered = [], 0
                 if self._paused:
                     self._paused = False
-                    self.transport.resume_reading()  # type: ignore[union-attr]
+                    self.transport.resume_reading()
                 return chunk
             if self.complete:
                 return b""
@@ -289,13 +289,13 @@ class _Connection(asyncio.Protocol):
         self._chunks, self._buffered = [], 0
         if self._paused:
             self._paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+            self.transport.resume_reading()
         self._grace = asyncio.get_running_loop().call_later(DRAIN_GRACE, self.close)
 
     def _settle(self) -> None:
         then, self._then = self._then, None
         if then is not None:
-            self._grace.cancel()  # type: ignore[union-attr]
+            self._grace.cancel()
             then()
 
     def reusable(self) -> bool:
@@ -304,7 +304,7 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.transport.close()  # type: ignore[union-attr]
+            self.transport.close()
 
     async def _wait(self, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -347,7 +347,7 @@ class Answer(httpx.AsyncByteStream):
     def stream(self) -> Answer:
         return self  # as ``httpx.Response.stream``
 
-    def __aiter__(self) -> Answer:  # type: ignore[override]
+    def __aiter__(self) -> Answer:
         return self  # an iterator, not a generator: one left unfinished needs no finalising
 
     async def __anext__(self) -> bytes:
