@@ -24,10 +24,10 @@ from starlette.types import Receive, Scope, Send
 from . import __version__
 from .api import chat, health, metrics, models
 from .api.openapi import describe
-from .api.pipeline import ApiRouter
+from .api.pipeline import ApiRouter, first_problem
 from .config import Settings
 from .engines.base import Engine, ReportsEvents
-from .errors import InvalidRequestError, LoragateError, MethodNotAllowedError, NotFoundError, error_envelope
+from .errors import LoragateError, MethodNotAllowedError, NotFoundError, error_envelope
 from .gpu import GpuCollector
 from .keys import KeyStore
 from .metrics import Metrics
@@ -203,11 +203,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return await loragate_error(
-            request, InvalidRequestError(f"Invalid request: {first['msg']}", param=param)
-        )
+        return await loragate_error(request, first_problem(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

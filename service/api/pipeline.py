@@ -171,10 +171,17 @@ def parse_body(model: type[BaseModel], raw: bytes) -> Any:
 
 def invalid_request(exc: ValidationError) -> InvalidRequestError:
     """pydantic's first complaint as the OpenAI 400 (``param`` names the field)."""
-    first = exc.errors()[0]
+    return first_problem(exc.errors())
+
+
+def first_problem(errors: Sequence[Any]) -> InvalidRequestError:
+    """The first of pydantic's (or FastAPI's) validation errors as the OpenAI 400: one wording for all."""
+    first = errors[0] if errors else {"type": "", "loc": (), "msg": "invalid request"}
     if first["type"] == "json_invalid":
         return InvalidRequestError("We could not parse the JSON body of your request. Send valid JSON.")
-    param = ".".join(str(p) for p in first["loc"]) or None
+    loc = tuple(first["loc"])
+    loc = loc[1:] if loc[:1] == ("body",) else loc  # FastAPI's locations start with where: "body"
+    param = ".".join(str(p) for p in loc) or None
     return InvalidRequestError(f"Invalid value for {param or 'the body'}: {first['msg']}", param=param)
 
 

@@ -101,3 +101,13 @@ async def test_openapi_describes_every_v1_route_from_its_models(fake_client: htt
             assert set(route.request.model_fields) <= set(body["properties"])
         if route.stream is not None:
             assert "text/event-stream" in operation["responses"]["200"]["content"]
+
+
+def test_validation_errors_read_the_same_from_pydantic_and_fastapi() -> None:
+    from service.api.pipeline import first_problem
+
+    fastapi_style = first_problem([{"type": "missing", "loc": ("body", "model"), "msg": "Field required"}])
+    pydantic_style = first_problem([{"type": "missing", "loc": ("model",), "msg": "Field required"}])
+    assert fastapi_style.message == pydantic_style.message == "Invalid value for model: Field required"
+    assert fastapi_style.param == pydantic_style.param == "model"
+    assert first_problem([]).status_code == 400
