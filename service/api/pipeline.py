@@ -120,9 +120,12 @@ class Endpoint:
 
         try:
             await until_disconnected(receive, respond())
-        except (ClientDisconnected, OSError):  # OSError: how ASGI 2.4 servers report a gone client on send
+        except ClientDisconnected:
             if not started:
-                raise ClientDisconnected("The client closed the connection.") from None
+                raise
+        except OSError:  # how ASGI 2.4 servers report a gone client on send; before that, our own fault
+            if not started:
+                raise
 
 
 class ApiRouter:

@@ -111,3 +111,13 @@ def test_validation_errors_read_the_same_from_pydantic_and_fastapi() -> None:
     assert fastapi_style.message == pydantic_style.message == "Invalid value for model: Field required"
     assert fastapi_style.param == pydantic_style.param == "model"
     assert first_problem([]).status_code == 400
+
+
+async def test_an_os_error_of_the_servers_own_is_a_500_not_a_gone_client(
+    fake_client: httpx.AsyncClient, fake: Any
+) -> None:
+    """An unreadable file (EACCES, EIO) while answering is the server's fault: a logged 500, not a 499."""
+    fake.fail_at_start = PermissionError(13, "Permission denied")
+    body = {"model": fake.model_name, "messages": [{"role": "user", "content": "hi"}]}
+    response = await fake_client.post("/v1/chat/completions", json=body)
+    assert_envelope(response, 500)

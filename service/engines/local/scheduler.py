@@ -180,19 +180,25 @@ class Scheduler:
         jobs = self._with_adapters_loaded(self._take_waiting())
         if not jobs:
             return
+        # Only the prefill is retried: joining changes the shared batch, so a failure there is the
+        # batch's (the worker's _fail_all), not a job's.
         try:
-            self._join(*self._prefill(jobs))
-            return
+            prefilled = self._prefill(jobs)
         except Exception as exc:
             if len(jobs) == 1:
                 self._fail_prefill(jobs[0], exc)
                 return
             log.warning("prefill of %d requests failed (%s); retrying them one at a time", len(jobs), exc)
+        else:
+            self._join(*prefilled)
+            return
         for job in jobs:  # only a job that cannot be prefilled on its own fails
             try:
-                self._join(*self._prefill([job]))
+                alone = self._prefill([job])
             except Exception as exc:
                 self._fail_prefill(job, exc)
+            else:
+                self._join(*alone)
 
     def _fail_prefill(self, job: Job, exc: Exception) -> None:
         log.error("prefill failed for request %s: %s: %s", job.request.request_id, type(exc).__name__, exc)
