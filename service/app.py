@@ -44,12 +44,13 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[Settings], Engine]
 
 
-def local_engine(settings: Settings) -> Engine:
+def local_engine(settings: Settings, engine: Callable[..., Engine] | None = None) -> Engine:
+    """The embedded engine on ``settings``; ``engine``: a LocalEngine subclass or partial (tests)."""
     from .engines.local.engine import LocalEngine
     from .model_store import prepare_model
 
     path = settings.resolved_model_path
-    return LocalEngine(
+    return (engine or LocalEngine)(
         path,
         model_name=settings.model_name,
         dtype=settings.dtype,

@@ -133,15 +133,20 @@ class Planner:
             max_tokens = min(max_tokens, route.tenant.max_tokens)
         if body.min_tokens > max_tokens:
             raise InvalidRequestError("min_tokens must not exceed max_tokens.", param="min_tokens")
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=max(body.top_k or 0, 0),
-            min_p=body.min_p or 0.0,
-            repetition_penalty=body.repetition_penalty or 1.0,
-            min_tokens=body.min_tokens,
-            ignore_eos=body.ignore_eos,
-            seed=body.seed,
-            stop=tuple(body.stop),
-        )
+        return sampling_params(body, max_tokens)
+
+
+def sampling_params(body: ChatCompletionRequest, max_tokens: int) -> SamplingParams:
+    """The request's sampling fields as the engines take them (absent fields: their neutral values)."""
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(body.top_k or 0, 0),
+        min_p=body.min_p or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        min_tokens=body.min_tokens,
+        ignore_eos=body.ignore_eos,
+        seed=body.seed,
+        stop=tuple(body.stop),
+    )

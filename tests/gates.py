@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
+from service.app import local_engine
 from service.config import Settings
 from service.domain import Delta
 from service.engines.local.engine import LocalEngine
@@ -75,19 +76,8 @@ class GatedEngine(LocalEngine):
 
 
 def gated_engine(settings: Settings, gate: threading.Event) -> GatedEngine:
-    """An embedded engine on ``settings``' model (name, dtype, device, threads, sizes), gated by ``gate``."""
-    return GatedEngine(
-        settings.resolved_model_path,
-        model_name=settings.model_name,
-        dtype=settings.dtype,
-        device=settings.device,
-        threads=settings.threads,
-        max_batch_size=settings.max_batch_size,
-        max_context=settings.max_context,
-        max_prefill_tokens=settings.max_prefill_tokens,
-        max_loaded_adapters=settings.max_loaded_adapters,
-        gate=gate,
-    )
+    """The embedded engine that ``settings`` describe (as the app builds it), gated by ``gate``."""
+    return cast(GatedEngine, local_engine(settings, partial(GatedEngine, gate=gate)))
 
 
 async def queue_behind(held: GatedScheduler, stream: AsyncIterator[Delta]) -> asyncio.Task[dict[int, Choice]]:

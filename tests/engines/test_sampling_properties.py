@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from service.domain import SAMPLING_EPS, SamplingParams
 from service.engines.local.sampling import SamplingError, make_generator, next_token
+from service.planning import sampling_params
 from service.protocol import MIN_REPETITION_PENALTY, ChatCompletionRequest
 
 VOCAB = 64
@@ -40,19 +41,11 @@ rows = st.lists(logit_values, min_size=VOCAB, max_size=VOCAB).filter(
 
 
 def schema_params(**fields: object) -> SamplingParams:
-    """What the gateway makes of these fields: through the request schema, as the planner maps them."""
+    """What the gateway makes of these fields: through the request schema and the planner's mapping."""
     body = ChatCompletionRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "x"}], **fields}
     )
-    return SamplingParams(
-        max_tokens=8,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=max(body.top_k or 0, 0),
-        min_p=body.min_p or 0.0,
-        repetition_penalty=body.repetition_penalty or 1.0,
-        seed=body.seed,
-    )
+    return sampling_params(body, max_tokens=8)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
