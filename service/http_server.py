@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 # The uvicorn releases GatewayHttpProtocol is tested on, [first, second): pyproject.toml pins the same.
 UVICORN_TESTED = ((0, 55), (0, 56))
 
+WAIT_POLL = 0.1  # seconds between looks at a connection whose client waits for the gateway (rare)
+
 # What the connection is reading: nothing yet, a request's head, its body, nothing (between requests).
 NEW, HEAD, BODY, IDLE, UPGRADED = "new", "head", "body", "idle", "upgraded"
 
@@ -200,20 +202,34 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._phase == NEW:  # never sent a byte: closed as an idle kept-alive connection is
             self.transport.close()
             return
-        cycle = self.cycle
-        if self.flow.read_paused or (
-            cycle is not None
-            and (
-                (self._phase == HEAD and not cycle.response_complete)  # still answering the one before
-                or (self._phase == BODY and cycle.waiting_for_100_continue)
-            )
-        ):
-            self._arm()  # the client waits for the gateway: its clock starts again
+        if self._client_waits():  # its clock starts again once the gateway is ready for it
+            self._timer = self.loop.call_later(WAIT_POLL, self._wait_over)
             return
         part = "head" if self._phase == HEAD else "body"
         log.info("%s: closed a connection whose request %s did not arrive in time", self.client, part)
         timeout = self.header_timeout if self._phase == HEAD else self.body_timeout
         self._refuse(RequestTimeoutError(f"The request {part} did not arrive within {timeout:g} seconds."))
+
+    def _client_waits(self) -> bool:
+        """The client cannot send: the gateway is not reading, owes a 100 Continue, or is still answering."""
+        cycle = self.cycle
+        return bool(self.flow.read_paused) or (
+            cycle is not None
+            and (
+                (self._phase == HEAD and not cycle.response_complete)  # still answering the one before
+                or (self._phase == BODY and cycle.waiting_for_100_continue)
+            )
+        )
+
+    def _wait_over(self) -> None:
+        """A full timeout from when the client can send again (not from when its last one ran out)."""
+        self._timer = None
+        if self.transport.is_closing() or self._phase not in (HEAD, BODY):
+            return
+        if self._client_waits():
+            self._timer = self.loop.call_later(WAIT_POLL, self._wait_over)
+        else:
+            self._arm()
 
     def _refuse(self, error: LoragateError) -> None:
         """Answer ``error`` if no answer to this connection's requests is under way, and close."""

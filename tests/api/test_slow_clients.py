@@ -29,7 +29,7 @@ from tests.conftest import LiveServer
 
 HEADER_TIMEOUT = BODY_TIMEOUT = 1.0  # a loaded 2-core host can stall a client thread for a good part of 0.5 s
 KEEP_ALIVE = 3.0
-SLOW_READ = 2.0  # seconds /slow-read waits before it reads the body: longer than BODY_TIMEOUT
+SLOW_READ = 1.7  # seconds /slow-read waits before it reads the body: longer than BODY_TIMEOUT
 WAIT = 8.0  # the longest any test waits for the server: generous for a loaded 2-core host
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
@@ -201,6 +201,7 @@ def test_a_client_waiting_for_100_continue_is_not_timed_out(server: LimitedServe
             assert data, "closed before 100 Continue"
             interim += data
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        time.sleep(BODY_TIMEOUT / 2)  # the client's full body_timeout starts at the 100 Continue
         connection.sendall(b"hello")
         assert _response(connection)[::2] == (200, b"5")
 
