@@ -90,6 +90,35 @@ class Settings(BaseSettings):
     vllm_port: int = Field(8001, ge=1, le=65535, description="--spawn: the local vLLM server's port")
     vllm_max_loras: int = Field(4, ge=1, description="--spawn: adapters vLLM batches together (--max-loras)")
     vllm_args: str = Field("", description="--spawn: more vLLM flags, shell-quoted")
+    tool_call_parser: str = Field(
+        "hermes",
+        description="--spawn: vLLM's --tool-call-parser for the served model (hermes, llama3_json, mistral..."
+        "); empty: vLLM runs without tool calling and refuses requests with tools",
+    )
+    max_schema_bytes: int = Field(
+        65_536,
+        ge=256,
+        description="the largest JSON schema (response_format or a tool's parameters), in bytes",
+    )
+    grammar_cache_size: int = Field(
+        128, ge=1, description="embedded engine: compiled output grammars kept, one per distinct schema"
+    )
+    embeddings_upstream: str | None = Field(
+        None,
+        description="an OpenAI-compatible server (vLLM with an embedding model, or any other) that"
+        " /v1/embeddings is relayed to: its base URL, http(s)://host:port",
+    )
+    embeddings_model: str | None = Field(
+        None, description="the embedding model's name, as clients send it and the upstream knows it"
+    )
+    embeddings_upstream_api_key: SecretStr | None = Field(
+        None, description="a Bearer key that the embeddings upstream requires, if any"
+    )
+    local_embedding_model: Path | None = Field(
+        None,
+        description="a local transformers model folder that serves /v1/embeddings in this process"
+        " (mean-pooled, normalised), when no embeddings_upstream is set",
+    )
     affinity_slack: int = Field(
         4, ge=0, description="requests a replica holding the adapter may have beyond the least busy one"
     )

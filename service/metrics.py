@@ -229,7 +229,7 @@ class RequestMetrics:
         if delta.queue_seconds is not None and not self._queued:
             self._queued = True
             series(m.queue_time).observe(delta.queue_seconds)
-        if self._first is None and (delta.text or delta.finish_reason is not None):
+        if self._first is None and (delta.text or delta.tool_calls or delta.finish_reason is not None):
             self._first = now
             series(m.ttft).observe(now - self._start)
         if delta.text:

@@ -14,14 +14,15 @@ import logging
 from dataclasses import dataclass
 
 from .config import Settings
-from .domain import ChatMessage, GenerationRequest, SamplingParams
+from .domain import ChatMessage, GenerationRequest, SamplingParams, ToolCall
 from .engines.base import Engine
 from .errors import InvalidRequestError, ServingConfigError
 from .metrics import UNKNOWN, RequestMetrics
 from .prompts import Rendered, Template, TemplateError, TemplateRenderError, TemplateStore
-from .protocol import ChatCompletionRequest
+from .protocol import ChatCompletionRequest, Message
 from .registry import Adapter, AdapterRejected, Registry
 from .tenancy import Principal, Route, Tenancy
+from .tool_calls import plan_output
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Plan:
     route: Route
     template: Template | None
     adapter: Adapter | None
+    forced_call: bool = False  # a named or required tool_choice: the output JSON becomes the call
 
     @property
     def hide_reasoning(self) -> bool:
@@ -70,13 +72,12 @@ class Planner:
         if metrics is not None:  # labels from configuration, as soon as they are known
             metrics.routed(route.tenant.name, route.department.name, UNKNOWN if route.adapter else None)
         sampling = self._sampling(body, route)
-        adapter = await self._adapter(route)
+        output = plan_output(body, self.settings.max_schema_bytes)
+        messages = chat_messages(body.messages)
+        adapter = await self.adapter_for(route)
         if metrics is not None:
             metrics.routed(route.tenant.name, route.department.name, adapter.ref if adapter else None)
         rendered = await self._template(route)
-        messages = [
-            ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
-        ]
         if rendered is not None:
             messages = rendered.messages(messages)
         request = GenerationRequest(
@@ -85,11 +86,18 @@ class Planner:
             sampling=sampling,
             n=body.n,
             adapter=adapter.ref if adapter else None,
+            tools=output.tools,
+            tool_choice=output.tool_choice,
+            parallel_tool_calls=output.parallel_tool_calls,
+            constraint=output.constraint,
         )
         template = rendered.template if rendered is not None else None  # the version that served
-        return Plan(request=request, route=route, template=template, adapter=adapter)
+        return Plan(
+            request=request, route=route, template=template, adapter=adapter, forced_call=output.forced
+        )
 
-    async def _adapter(self, route: Route) -> Adapter | None:
+    async def adapter_for(self, route: Route) -> Adapter | None:
+        """The route's adapter from the registry, made servable on the engine (None: the base model)."""
         if route.adapter is None:
             return None
         try:
@@ -120,6 +128,13 @@ class Planner:
             log.error("template %s cannot be loaded: %s", name, exc)
             raise ServingConfigError("This department's prompt template is not available.") from None
 
+    def max_tokens(self, route: Route, requested: int | None) -> int:
+        """The tenant's cap lowers a larger (or the default) limit; the answer then ends with "length"."""
+        max_tokens = requested or self.settings.default_max_tokens
+        if route.tenant.max_tokens is not None:
+            max_tokens = min(max_tokens, route.tenant.max_tokens)
+        return max_tokens
+
     def _sampling(self, body: ChatCompletionRequest, route: Route) -> SamplingParams:
         if body.n > self.settings.max_n:
             raise InvalidRequestError(f"n must be at most {self.settings.max_n}.", param="n")
@@ -127,13 +142,30 @@ class Planner:
             raise InvalidRequestError(
                 "max_tokens and max_completion_tokens disagree; send one of them.", param="max_tokens"
             )
-        # The tenant's cap lowers a larger (or the default) limit; the answer then ends with "length".
-        max_tokens = body.max_completion_tokens or body.max_tokens or self.settings.default_max_tokens
-        if route.tenant.max_tokens is not None:
-            max_tokens = min(max_tokens, route.tenant.max_tokens)
+        max_tokens = self.max_tokens(route, body.max_completion_tokens or body.max_tokens)
         if body.min_tokens > max_tokens:
             raise InvalidRequestError("min_tokens must not exceed max_tokens.", param="min_tokens")
         return sampling_params(body, max_tokens)
+
+
+def chat_messages(messages: list[Message]) -> list[ChatMessage]:
+    """The wire messages as the engines take them; a tool message must answer a call made before it."""
+    calls: set[str] = set()
+    out = []
+    for i, m in enumerate(messages):
+        tool_calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
+        calls.update(call.id for call in tool_calls)
+        if m.role == "tool" and m.tool_call_id not in calls:
+            raise InvalidRequestError(
+                "A message with role 'tool' must answer a tool call of an earlier assistant message"
+                " (its tool_call_id).",
+                param=f"messages.{i}.tool_call_id",
+            )
+        role = "system" if m.role == "developer" else m.role
+        out.append(
+            ChatMessage(role, m.text(), tool_calls, m.tool_call_id, m.name if m.role == "tool" else None)
+        )
+    return out
 
 
 def sampling_params(body: ChatCompletionRequest, max_tokens: int) -> SamplingParams:
@@ -149,4 +181,9 @@ def sampling_params(body: ChatCompletionRequest, max_tokens: int) -> SamplingPar
         ignore_eos=body.ignore_eos,
         seed=body.seed,
         stop=tuple(body.stop),
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=tuple((int(k), v) for k, v in (body.logit_bias or {}).items()),
+        logprobs=bool(body.logprobs),
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
     )

@@ -2,7 +2,10 @@
 
 Requests accept the OpenAI fields plus vLLM's extra sampling parameters
 (``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos``)
-that clients send through ``extra_body``; other unknown fields are ignored.
+that clients send through ``extra_body``. A field that OpenAI does not know gets 400
+(``unknown_parameter``), as OpenAI answers; one that OpenAI knows and would change the answer,
+but that loragate does not serve, gets 400 ``unsupported_parameter`` (``UNSUPPORTED``). Nothing
+that changes the output is silently ignored (docs/api.md has the table).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import secrets
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+
+from .errors import InvalidRequestError
 
 MIN_REPETITION_PENALTY = 0.01
 MAX_STOP_CHARS = 512  # each stop string is looked for after every token, in every row of the batch
@@ -23,10 +28,34 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class MessageToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs the tool_call_id it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message can have tool_calls")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -41,8 +70,69 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(pattern=TOOL_NAME)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: no arguments
+    strict: bool | None = None  # loragate always decodes forced calls under the schema
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Annotated[str, Field(pattern=TOOL_NAME)]
+    description: str | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return self
+
+
+# Fields OpenAI knows that would change the answer and that loragate does not serve: 400, never ignored.
+UNSUPPORTED = {
+    "functions": "Use `tools` instead of the deprecated `functions`.",
+    "function_call": "Use `tool_choice` instead of the deprecated `function_call`.",
+    "audio": "Audio output is not supported.",
+    "modalities": "Only text output is supported.",
+    "prediction": "Predicted outputs are not supported.",
+    "reasoning_effort": "Reasoning effort is not supported.",
+    "web_search_options": "Web search is not supported.",
+    "verbosity": "verbosity is not supported.",
+}
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     messages: Annotated[list[Message], Field(min_length=1)]
@@ -55,7 +145,33 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # torch generators take int64
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    logit_bias: (
+        Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=1024)] | None
+    ) = None
+    # Accepted, and they change nothing in the answer (documented): who asks, and OpenAI's storage and tiers.
     user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # OpenAI's, refused (UNSUPPORTED): typed Any so that the refusal, not a type error, answers them.
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+    verbosity: Any = None
     # vLLM's extra sampling parameters
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -78,6 +194,28 @@ class ChatCompletionRequest(BaseModel):
         """A k at least as large as any vocabulary keeps every token: -1 (off), as an engine's int32."""
         return -1 if value is not None and value >= 2**24 else value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or ():
+            if not key.isdigit() or len(key) > 9:
+                raise ValueError("logit_bias keys are token ids (non-negative integers, as strings)")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> ChatCompletionRequest:
+        """Raised as the OpenAI 400 itself (not a ValueError), so that the code is unsupported_parameter."""
+        for name, why in UNSUPPORTED.items():
+            value = getattr(self, name)
+            if value is None or (name == "modalities" and value == ["text"]):
+                continue
+            raise InvalidRequestError(
+                f"`{name}` is not supported by this server. {why}", param=name, code="unsupported_parameter"
+            )
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs set to true.", param="top_logprobs")
+        return self
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
@@ -89,16 +227,40 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprobOut(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobOut(TopLogprobOut):
+    top_logprobs: list[TopLogprobOut] = []
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[MessageToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_empty_tool_calls(self, handler: Any) -> Any:
+        """``tool_calls`` only when there are calls (as OpenAI answers); ``content`` always."""
+        data = handler(self)
+        if not data.get("tool_calls"):
+            data.pop("tool_calls", None)
+        return data
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 def new_completion_id() -> str:
@@ -116,9 +278,9 @@ class ChatCompletion(BaseModel):
 
 class ChunkChoice(BaseModel):
     index: int
-    delta: dict[str, str]  # {"role": ...} and/or {"content": ...}; {} on the finishing chunk
+    delta: dict[str, Any]  # role, content, tool_calls; {} on the finishing chunk
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

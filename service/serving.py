@@ -12,21 +12,16 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
+from .choices import ChoiceBuilder, chunk_of
 from .domain import Delta
 from .engines.base import Engine
 from .errors import LoragateError
 from .metrics import RequestMetrics
 from .planning import Plan, Planner
-from .protocol import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionRequest,
-    Choice,
-    Usage,
-    new_completion_id,
-)
+from .protocol import ChatCompletion, ChatCompletionRequest, Usage, new_completion_id
 from .reasoning import HiddenReasoning
 from .sse import DONE, ChunkEvents, event
+from .tool_calls import forced_calls
 
 log = logging.getLogger(__name__)
 
@@ -38,30 +33,27 @@ class ChatService:
 
     def _deltas(self, plan: Plan) -> AsyncGenerator[Delta, None]:
         deltas = self.engine.stream(plan.request)
-        return _without_reasoning(deltas) if plan.hide_reasoning else deltas
+        if plan.hide_reasoning:
+            deltas = _without_reasoning(deltas)
+        return forced_calls(deltas) if plan.forced_call else deltas
 
     async def complete(
         self, plan: Plan, body: ChatCompletionRequest, metrics: RequestMetrics
     ) -> ChatCompletion:
         request = plan.request
-        texts = [""] * request.n
-        reasons: list[str | None] = [None] * request.n
+        choices = [ChoiceBuilder(i, request.sampling.logprobs) for i in range(request.n)]
         prompt_tokens = completion_tokens = 0
         async with aclosing(self._deltas(plan)) as deltas:
             async for delta in deltas:
                 metrics.delta(delta)
-                texts[delta.index] += delta.text
+                choices[delta.index].add(delta)
                 if delta.finish_reason is not None:
-                    reasons[delta.index] = delta.finish_reason
                     prompt_tokens = delta.prompt_tokens
                     completion_tokens += delta.completion_tokens
         return ChatCompletion(
             id=new_completion_id(),
             model=body.model,
-            choices=[
-                Choice(index=i, message=AssistantMessage(content=texts[i]), finish_reason=reasons[i])
-                for i in range(request.n)
-            ],
+            choices=[choice.choice() for choice in choices],
             usage=Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
@@ -80,7 +72,7 @@ class ChatService:
             await deltas.aclose()
             raise
         metrics.delta(first)
-        return self._sse(body, plan.request.n, first, deltas, metrics)
+        return self._sse(body, plan.request.n, first, deltas, metrics, plan.request.sampling.logprobs)
 
     async def _sse(
         self,
@@ -89,6 +81,7 @@ class ChatService:
         first: Delta,
         deltas: AsyncGenerator[Delta, None],
         metrics: RequestMetrics,
+        logprobs: bool,
     ) -> AsyncGenerator[str, None]:
         chunks = ChunkEvents(
             new_completion_id(), int(time.time()), body.model, usage_field=body.include_usage
@@ -102,8 +95,7 @@ class ChatService:
             async with aclosing(deltas):  # closing it aborts the engine's work
                 pending: Delta | None = first
                 while pending is not None:
-                    if pending.text:
-                        out += chunks.choice(pending.index, content=pending.text)
+                    out += chunk_of(chunks, pending, logprobs)
                     if pending.finish_reason is not None:
                         prompt_tokens = pending.prompt_tokens
                         completion_tokens += pending.completion_tokens

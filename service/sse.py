@@ -46,5 +46,12 @@ class ChunkEvents:
         choice = f'{{"index": {int(index)}, "delta": {{{", ".join(delta)}}}, "finish_reason": {finish}}}'
         return self._open + choice + self._close
 
+    def rich(
+        self, index: int, delta: dict[str, Any], logprobs: dict[str, Any] | None, finish: str | None
+    ) -> str:
+        """A chunk with tool calls or logprobs: rarer, so encoded whole by ``json.dumps``."""
+        choice = {"index": int(index), "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return self._open + json.dumps(choice) + self._close
+
     def usage(self, usage: dict[str, int]) -> str:
         return f'{self._open}], "usage": {json.dumps(usage)}}}\n\n'

@@ -185,7 +185,12 @@ def first_problem(errors: Sequence[Any]) -> InvalidRequestError:
     loc = tuple(first["loc"])
     loc = loc[1:] if loc[:1] == ("body",) else loc  # FastAPI's locations start with where: "body"
     param = ".".join(str(p) for p in loc) or None
-    return InvalidRequestError(f"Invalid value for {param or 'the body'}: {first['msg']}", param=param)
+    if first["type"] == "extra_forbidden":  # OpenAI's answer to a field it does not know
+        return InvalidRequestError(
+            f"Unknown parameter: {quoted(param or '')}.", param=param, code="unknown_parameter"
+        )
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return InvalidRequestError(f"Invalid value for {param or 'the body'}: {message}", param=param)
 
 
 async def relay(events: AsyncGenerator[str, None], send: Send, headers: dict[str, str]) -> None:

@@ -111,12 +111,16 @@ async def test_equivalent_messages(client: httpx.AsyncClient, messages: list, eq
     assert first["choices"][0]["message"] == second["choices"][0]["message"]
 
 
-async def test_unknown_fields_are_ignored(client: httpx.AsyncClient) -> None:
+async def test_message_fields_beyond_openais_are_ignored(client: httpx.AsyncClient) -> None:
     messages = [{"role": "user", "content": "Hi", "name": "ann", "weird": 1}]
-    body = await chat(
-        client, messages=messages, frobnicate=True, logit_bias={"50": 1}, response_format={"type": "text"}
-    )
+    body = await chat(client, messages=messages, logit_bias={"50": 1}, response_format={"type": "text"})
     assert body["choices"][0]["message"]["role"] == "assistant"
+
+
+async def test_an_unknown_request_field_gets_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT_URL, json=chat_body(frobnicate=1))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "unknown_parameter"
 
 
 async def test_vllm_extra_params_are_accepted(client: httpx.AsyncClient) -> None:

@@ -28,7 +28,21 @@ INVALID_PARAMS = [
     ({"stop": 5}, "stop", None),
     ({"stop": ["x"] * 17}, "stop", None),
     ({"messages": []}, "messages", None),
-    ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", None),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role", None),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0", None),  # no tool_call_id
+    (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "x",
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                }
+            ]
+        },
+        "messages.0",
+        None,
+    ),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages.0.content", None),
     ({"model": None}, "model", None),
     ({"stream_options": {"include_usage": "sometimes"}}, "stream_options.include_usage", None),
