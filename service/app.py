@@ -83,6 +83,7 @@ def vllm_engine(settings: Settings) -> Engine:
             max_loras=settings.vllm_max_loras,
             max_model_len=settings.max_context,
             extra_args=settings.vllm_args,
+            tool_call_parser=settings.tool_call_parser,
         )
         supervisor, upstream = VllmSupervisor(command), [command.url]
     return VllmEngine(

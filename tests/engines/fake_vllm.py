@@ -1,7 +1,8 @@
 """A scripted vLLM server for fast unit tests of the vLLM backend, over either upstream client.
 
 Each ``FakeVllm`` answers like one replica: /health, /v1/models, /metrics, runtime adapter
-loading and streamed chat completions whose tokens are the words of ``reply``. Its
+loading, and streamed chat completions and completions whose tokens are the words of ``reply``
+(or scripted ``chunks``), with logprobs when asked, as vLLM 0.32 streams them. Its
 knobs script failures; ``calls`` records what the backend sent. A ``Cluster`` of them sits
 behind ``httpx.MockTransport`` (``HttpxUpstream`` over it), or, after ``listen``, on real
 sockets on 127.0.0.1 for the gateway's own HTTP/1.1 client and for httpx's pool
@@ -34,6 +35,34 @@ def chunk(index: int, content: str | None = None, finish: str | None = None) -> 
     delta = {} if content is None else {"content": content}
     choice = {"index": index, "delta": delta, "finish_reason": finish}
     return {"object": "chat.completion.chunk", "choices": [choice]}
+
+
+def tool_chunk(
+    index: int, call: int, *, id: str | None = None, name: str | None = None, arguments: str | None = None
+) -> dict[str, Any]:
+    """A chat chunk with a piece of a tool call, as vLLM's tool parsers stream them."""
+    function: dict[str, Any] = {}
+    if name is not None:
+        function["name"] = name
+    if arguments is not None:
+        function["arguments"] = arguments
+    piece: dict[str, Any] = {"index": call, "function": function}
+    if id is not None:
+        piece |= {"id": id, "type": "function"}
+    choice = {
+        "index": index,
+        "delta": {"content": None, "tool_calls": [piece]},
+        "logprobs": None,
+        "finish_reason": None,
+    }
+    return {"object": "chat.completion.chunk", "choices": [choice]}
+
+
+def word_logprob(word: str, top: int) -> dict[str, Any]:
+    """Chat logprobs for one token: its own logprob -0.5, alternatives -1, -2, ..."""
+    alternatives = [{"token": word, "logprob": -0.5, "bytes": list(word.encode())}]
+    alternatives += [{"token": f"alt{k}", "logprob": -1.0 - k, "bytes": None} for k in range(top - 1)]
+    return {"token": word, "logprob": -0.5, "bytes": list(word.encode()), "top_logprobs": alternatives[:top]}
 
 
 def usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -69,6 +98,10 @@ class FakeVllm:
     refuse_load: int | None = None  # status for /v1/load_lora_adapter
     chat_status: int = 200
     chat_error: str = "bad request"
+    chat_error_param: str | None = None  # vLLM names the field it refuses, for its own validation
+    tool_parser: bool = True  # started with --enable-auto-tool-choice --tool-call-parser
+    chunks: list[dict[str, Any]] | None = None  # scripted chat chunks (usage and [DONE] follow)
+    finish: str | None = None  # the scripted chunks' finish reason
     error_event: str | None = None  # a 200 stream that carries only this error, then [DONE]
     break_after: int | None = None  # chunks before the stream breaks
     delay: float = 0.0  # per chunk
@@ -110,8 +143,8 @@ class FakeVllm:
         if path == "/v1/unload_lora_adapter":
             self.adapters.pop(body["lora_name"], None)
             return httpx.Response(200, text="unloaded")
-        if path == "/v1/chat/completions":
-            return self._chat(body)
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            return self._chat(body) if path == "/v1/chat/completions" else self._completion(body)
         return httpx.Response(404, json={"error": {"message": "no such route"}})
 
     async def _load(self, body: dict[str, Any]) -> httpx.Response:
@@ -124,20 +157,88 @@ class FakeVllm:
         self.adapters[body["lora_name"]] = body["lora_path"]
         return httpx.Response(200, text="Success")
 
-    def _chat(self, body: dict[str, Any]) -> httpx.Response:
+    def _refusal(self, body: dict[str, Any]) -> httpx.Response | None:
         if self.chat_status != 200:
-            return httpx.Response(self.chat_status, json={"error": {"message": self.chat_error}})
-        if self.error_event is not None:
-            return httpx.Response(200, content=sse({"error": {"message": self.error_event}}, "[DONE]"))
+            error = {"message": self.chat_error, "type": "BadRequestError", "param": self.chat_error_param}
+            return httpx.Response(self.chat_status, json={"error": error})
+        if body.get("tools") and body.get("tool_choice") not in (None, "none") and not self.tool_parser:
+            message = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+            return httpx.Response(400, json={"error": {"message": message, "type": "BadRequestError"}})
         if body["model"] not in (self.base, *self.adapters):
             missing = {"error": {"message": f"The model `{body['model']}` does not exist."}}
             return httpx.Response(404, json=missing)
+        return None
+
+    def _chat(self, body: dict[str, Any]) -> httpx.Response:
+        if self.error_event is not None and self.chat_status == 200:
+            return httpx.Response(200, content=sse({"error": {"message": self.error_event}}, "[DONE]"))
+        if (refused := self._refusal(body)) is not None:
+            return refused
         words = self.reply.split(" ")
         parts: list[Any] = []
         for index in range(body.get("n", 1)):
-            parts += [chunk(index, w if i == 0 else " " + w) for i, w in enumerate(words)]
+            if self.chunks is not None:
+                parts += [{**c, "choices": [{**c["choices"][0], "index": index}]} for c in self.chunks]
+                parts.append(chunk(index, None, self.finish or "stop"))
+                continue
+            for i, word in enumerate(words):
+                text = word if i == 0 else " " + word
+                part = chunk(index, text)
+                if body.get("logprobs"):
+                    part["choices"][0]["logprobs"] = {
+                        "content": [word_logprob(text, body.get("top_logprobs", 0))]
+                    }
+                parts.append(part)
             parts.append(chunk(index, None, "length" if body.get("ignore_eos") else "stop"))
         parts += [usage(7, len(words) * body.get("n", 1)), "[DONE]"]
+        return self._stream(parts)
+
+    def _completion(self, body: dict[str, Any]) -> httpx.Response:
+        """/v1/completions: the reply's words; with ``echo``, the prompt's words lead the first chunk's
+        logprobs (the first without one), and ``return_token_ids`` keeps its text out and counts them."""
+        if (refused := self._refusal(body)) is not None:
+            return refused
+        words, prompt = self.reply.split(" "), body["prompt"].split(" ")
+        top = body.get("logprobs")
+        parts: list[Any] = []
+        for index in range(body.get("n", 1)):
+            for i, word in enumerate(words):
+                text = word if i == 0 else " " + word
+                choice: dict[str, Any] = {
+                    "index": index,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                tokens = [text]
+                if i == 0 and body.get("echo"):
+                    tokens = prompt + tokens
+                    choice["prompt_token_ids"] = list(range(len(prompt)))
+                    if not body.get("return_token_ids"):
+                        choice["text"] = body["prompt"] + text
+                if top is not None:
+                    choice["logprobs"] = {
+                        "text_offset": [0] * len(tokens),
+                        "tokens": tokens,
+                        "token_logprobs": [
+                            None if i == k == 0 and body.get("echo") else -0.5 for k in range(len(tokens))
+                        ],
+                        "top_logprobs": [
+                            None if i == k == 0 and body.get("echo") else {t: -0.5, "alt": -3.0}
+                            for k, t in enumerate(tokens)
+                        ],
+                    }
+                parts.append({"object": "text_completion", "choices": [choice]})
+            finish = {
+                "index": index,
+                "text": "",
+                "finish_reason": "length" if body.get("ignore_eos") else "stop",
+            }
+            parts.append({"object": "text_completion", "choices": [finish]})
+        parts += [usage(len(prompt), len(words) * body.get("n", 1)), "[DONE]"]
+        return self._stream(parts)
+
+    def _stream(self, parts: list[Any]) -> httpx.Response:
         stream = Body([sse(p) for p in parts], break_after=self.break_after, delay=self.delay)
         self.bodies.append(stream)
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)

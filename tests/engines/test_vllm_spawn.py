@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from service.app import vllm_engine
 from service.config import Settings
 from service.engines.vllm.engine import VllmEngine
-from service.engines.vllm.spawn import VllmCommand, VllmSupervisor, lora_rank_limit
+from service.engines.vllm.spawn import STRUCTURED_OUTPUT, VllmCommand, VllmSupervisor, lora_rank_limit
 from tests.conftest import API_KEY
 
 
@@ -71,8 +72,26 @@ def test_spawn_settings_size_the_rank_from_the_registry(tmp_path: Path, tiny_mod
     )
     engine = vllm_engine(settings)
     assert isinstance(engine, VllmEngine) and engine.supervisor is not None
-    assert "--max-lora-rank 32" in " ".join(engine.supervisor.command.argv())
+    argv = engine.supervisor.command.argv()
+    assert "--max-lora-rank 32" in " ".join(argv)
+    assert "--enable-auto-tool-choice --tool-call-parser hermes" in " ".join(argv)  # the settings' default
     assert [r.url for r in engine.router.replicas] == ["http://127.0.0.1:8123"]
+
+
+def test_tool_calling_and_compact_json_flags(tmp_path: Path) -> None:
+    with_parser = VllmCommand("python", tmp_path, "m", 1, tool_call_parser="llama3_json").argv()
+    assert with_parser[-5:] == [
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "llama3_json",
+        "--structured-outputs-config",
+        STRUCTURED_OUTPUT,
+    ]
+    assert json.loads(STRUCTURED_OUTPUT) == {"backend": "xgrammar", "disable_any_whitespace": True}
+    bare = VllmCommand("python", tmp_path, "m", 1, compact_json=False, extra_args="--x 1").argv()
+    assert "--enable-auto-tool-choice" not in bare and "--tool-call-parser" not in bare
+    assert "--structured-outputs-config" not in bare
+    assert bare[-2:] == ["--x", "1"]  # the operator's own flags come last, and win
 
 
 def fake_python(tmp_path: Path, body: str) -> str:

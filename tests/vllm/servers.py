@@ -19,7 +19,8 @@ CPU_FLAGS = "--kv-cache-memory-bytes 256M --max-num-seqs 32"  # vLLM on CPU want
 
 
 def tiny_server(model_dir: Path, log_dir: Path) -> VllmServer:
-    """A replica of the tiny test model: float32 (bf16 drifts from transformers' tokens), LoRA r <= 16."""
+    """A replica of the tiny test model: float32 (bf16 drifts from transformers' tokens), LoRA r <= 16,
+    tool calling with the hermes parser, compact structured output (the spawn's defaults)."""
     port = free_port()
     command = VllmCommand(
         python=str(VLLM_PYTHON),
@@ -31,5 +32,6 @@ def tiny_server(model_dir: Path, log_dir: Path) -> VllmServer:
         max_loras=2,
         max_model_len=MAX_MODEL_LEN,
         extra_args=CPU_FLAGS,
+        tool_call_parser="hermes",  # SmolLM2's template shows no tools, but the parser reads <tool_call>
     )
     return VllmServer(command, log_dir / f"vllm-{port}.log")

@@ -6,9 +6,10 @@
   request); ``HttpxUpstream`` over httpx's own pool (TLS, proxies), or over an
   ``httpx.MockTransport`` in the unit tests. Failures are httpx's exception classes either way.
 
-- Requests go out as streamed chat completions with ``model`` = the adapter's name
-  in vLLM (the registry ref, ``name@version``) or the base model; the SSE reply is
-  relayed chunk by chunk. Closing the stream (the client left) closes the upstream
+- Requests go out as streamed chat completions (a raw ``prompt``: completions) with
+  ``model`` = the adapter's name in vLLM (the registry ref, ``name@version``) or the base
+  model; the SSE reply is relayed chunk by chunk (``wire.py``: tools, constraints as
+  ``response_format``, logprobs). Closing the stream (the client left) closes the upstream
   response, and vLLM aborts the request.
 - Adapters are registered on a replica with ``/v1/load_lora_adapter`` from the
   registry's path just before the first request there that needs them (one load,
@@ -43,10 +44,13 @@ from .routing import Replica, Router
 from .spawn import VllmSupervisor
 from .upstream import UpstreamClient, UpstreamReply, fetch
 from .wire import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
     ChunkReader,
-    chat_body,
+    CompletionReader,
     data_lines,
     error_message,
+    request_body,
     request_error,
 )
 
@@ -83,7 +87,9 @@ class VllmEngine:
         self._health_interval = health_interval
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30.0, pool=30.0)
         self._timeouts = timeout.as_dict()
-        self._chat_urls = {r.url: httpx.URL(f"{r.url}/v1/chat/completions") for r in replicas}  # parsed once
+        self._urls = {  # parsed once
+            (r.url, path): httpx.URL(r.url + path) for r in replicas for path in (CHAT_PATH, COMPLETIONS_PATH)
+        }
         self._client: UpstreamClient = client or Http1Transport(max_connections)
         self._paths: dict[str, Path] = {}  # adapter name -> registry folder
         self._events = EngineEvents()
@@ -259,8 +265,9 @@ class VllmEngine:
                             reloaded = True
                             continue
                         if response.status_code != 200:
-                            raise request_error(response.status_code, (await response.aread()).decode())
-                        async for delta in self._relay(response, request.n):
+                            text = (await response.aread()).decode(errors="replace")
+                            raise request_error(response.status_code, text, _input_param(request))
+                        async for delta in self._relay(response, _reader(request)):
                             yield delta
                         return
                     finally:
@@ -276,16 +283,17 @@ class VllmEngine:
         if request.adapter is not None:
             await self._load_on(replica, request.adapter)
         model = request.adapter or replica.base_model or self.model_name
-        content = json.dumps(chat_body(request, model)).encode()
+        path, body = request_body(request, model)
+        content = json.dumps(body).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"x-request-id", request.request_id.encode("latin-1", "replace")),
         ]
-        url = self._chat_urls[replica.url]
+        url = self._urls[replica.url, path]
         return await self._client.request("POST", url, content, headers, self._timeouts)
 
-    async def _relay(self, response: UpstreamReply, n: int) -> AsyncGenerator[Delta, None]:
-        reader = ChunkReader(n)
+    async def _relay(self, response: UpstreamReply, reader: ChunkReader) -> AsyncGenerator[Delta, None]:
+        n = reader.n
         try:
             async for data in data_lines(response):
                 for delta in reader.feed(data):
@@ -302,6 +310,17 @@ class VllmEngine:
 
     async def _post(self, url: str, body: object) -> tuple[int, bytes]:
         return await fetch(self._client, "POST", url, json.dumps(body).encode(), _JSON, self._timeouts)
+
+
+def _reader(request: GenerationRequest) -> ChunkReader:
+    """The stream's reader: chat chunks, or completion chunks for a raw prompt."""
+    if request.prompt is None:
+        return ChunkReader(request.n)
+    return CompletionReader(request.n, logprobs=request.sampling.logprobs, top=request.sampling.top_logprobs)
+
+
+def _input_param(request: GenerationRequest) -> str:
+    return "messages" if request.prompt is None else "prompt"
 
 
 def _json(text: str) -> object:
