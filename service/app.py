@@ -22,10 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
-from .api import chat, health, metrics, models
+from .api import chat, completions, embeddings, health, metrics, models
 from .api.openapi import describe
 from .api.pipeline import ApiRouter, first_problem
+from .completions import CompletionService
 from .config import Settings
+from .embeddings import EmbeddingService
 from .engines.base import Engine, ReportsEvents
 from .errors import LoragateError, MethodNotAllowedError, NotFoundError, error_envelope
 from .gpu import GpuCollector
@@ -116,7 +118,7 @@ def engine_kind(engine: Engine) -> str:
     return type(engine).__name__.removesuffix("Engine").lower() or "unknown"
 
 
-API_ROUTES = (chat.ROUTE, models.ROUTE)
+API_ROUTES = (chat.ROUTE, completions.ROUTE, embeddings.ROUTE, models.ROUTE, models.RETRIEVE)
 
 
 class LoragateApp(FastAPI):
@@ -168,14 +170,18 @@ def create_app(
             tenancy=tenancy,
             registry=registry,
             chat=ChatService(engine, planner),
+            completions=CompletionService(engine, planner, telemetry),
+            embeddings=EmbeddingService.from_settings(settings, tenancy, telemetry),
             metrics=telemetry,
             created=int(time.time()),
         )
         await engine.start()
+        await app.state.loragate.embeddings.start()  # a local embedding model loads in the background
         gc.freeze()  # what start-up built lives as long as the server: the collector need not rescan it
         try:
             yield
         finally:
+            await app.state.loragate.embeddings.close()
             await engine.close()
             gpu.close()
 

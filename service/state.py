@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .completions import CompletionService
 from .config import Settings
+from .embeddings import EmbeddingService
 from .engines.base import Engine
 from .metrics import Metrics
 from .registry import Registry
@@ -22,6 +24,8 @@ class AppState:
     tenancy: Tenancy
     registry: Registry
     chat: ChatService
+    completions: CompletionService  # /v1/completions
+    embeddings: EmbeddingService  # /v1/embeddings
     metrics: Metrics
     created: int  # when this server started, for /v1/models
 

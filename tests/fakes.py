@@ -5,11 +5,12 @@ Use it through the app factory: ``create_app(settings, engine_factory=lambda s: 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.domain import Delta, FinishReason, GenerationRequest
+from service.domain import Delta, FinishReason, GenerationRequest, TokenLogprob, TopLogprob
 from service.engines.base import EngineHealth
 from service.errors import EngineUnavailableError
 
@@ -21,6 +22,9 @@ class FakeEngine:
     - ``ready=False``: ``health()`` says not ready and ``stream`` raises 503, as the real engine does.
     - ``fail_at_start``: raised by ``stream`` before its first delta.
     - ``fail_mid_stream``: raised after the first delta of choice 0.
+    - ``sampling.logprobs``: each scripted piece is one token of logprob ``FAKE_LOGPROB``, with
+      ``top_logprobs`` alternatives ``alt0``, ``alt1``... (less likely); ``sampling.prompt_logprobs``
+      (a raw ``prompt``): the first delta carries ``fake_prompt_logprobs(prompt)``.
     """
 
     model_name: str = "fake-model"
@@ -52,7 +56,12 @@ class FakeEngine:
                 for position, text in enumerate(self.script):
                     if self.fail_mid_stream is not None and position == 1:
                         raise self.fail_mid_stream
-                    yield Delta(index, text)
+                    yield Delta(
+                        index,
+                        text,
+                        logprobs=fake_logprobs(request, text),
+                        prompt_logprobs=fake_prompt_logprobs(request) if index == position == 0 else None,
+                    )
                 yield Delta(index, "", self.finish_reason, self.prompt_tokens, len(self.script))
                 finished += 1
         finally:
@@ -69,3 +78,25 @@ class FakeEngine:
 
     async def close(self) -> None:
         self.closed = True
+
+
+FAKE_LOGPROB = -0.25  # every scripted token's
+FAKE_PROMPT_LOGPROB = -1.5  # every prompt token's but the first (which has none)
+
+
+def _alternatives(request: GenerationRequest) -> tuple[TopLogprob, ...]:
+    return tuple(TopLogprob(f"alt{j}", -1.0 - j) for j in range(request.sampling.top_logprobs))
+
+
+def fake_logprobs(request: GenerationRequest, text: str) -> list[TokenLogprob] | None:
+    if not request.sampling.logprobs:
+        return None
+    return [TokenLogprob(text, FAKE_LOGPROB, top=_alternatives(request))]
+
+
+def fake_prompt_logprobs(request: GenerationRequest) -> list[TokenLogprob | None] | None:
+    """The prompt in whitespace-led pieces that join back to it; the first has no logprob, as engines send."""
+    if not (request.sampling.prompt_logprobs and request.prompt):
+        return None
+    pieces = re.findall(r"\s*\S+|\s+$", request.prompt)
+    return [None, *(TokenLogprob(p, FAKE_PROMPT_LOGPROB, top=_alternatives(request)) for p in pieces[1:])]

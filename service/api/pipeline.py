@@ -57,6 +57,12 @@ class Call:
     def request_id(self) -> str:
         return request_id_of(self.scope)
 
+    @property
+    def path_params(self) -> dict[str, str]:
+        """A templated route's parameter (``/v1/models/{model}``): the rest of the path, decoded."""
+        params: dict[str, str] = self.scope.get("path_params", {})
+        return params
+
 
 @dataclass(slots=True)
 class Answer:
@@ -129,7 +135,12 @@ class Endpoint:
 
 
 class ApiRouter:
-    """The ``/v1`` paths, each with its own stack (metrics, where measured, around the gateway's checks)."""
+    """The ``/v1`` paths, each with its own stack (metrics, where measured, around the gateway's checks).
+
+    A path is looked up exactly first (the hot path: one dict lookup). Only a path that is not a
+    route's is matched against the templated routes, whose one parameter ends the path and takes
+    all of its rest (``/v1/models/{model}``: model ids may hold "/").
+    """
 
     def __init__(self, routes: Sequence[ApiRoute], *, max_body_bytes: int, metrics: Metrics):
         self.routes = tuple(routes)
@@ -142,11 +153,28 @@ class ApiRouter:
             if any(route.measured for route in group):
                 stack = MetricsMiddleware(stack, metrics=metrics)  # outermost: it sees every status
             self.stacks[path] = stack
+        # "/v1/models/{model}" -> ("/v1/models/", "model", its stack), out of the exact paths
+        self.templated: list[tuple[str, str, ASGIApp]] = []
+        for path in [path for path in self.stacks if "{" in path]:
+            prefix, _, name = path.partition("{")
+            if not name.endswith("}") or "{" in name or "}" in name[:-1]:
+                raise ValueError(f"{path}: a templated route has one parameter, at the end of its path")
+            self.templated.append((prefix, name[:-1], self.stacks.pop(path)))
         self._unknown = GatewayMiddleware(_unknown_path, max_body_bytes=max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"][len(scope.get("root_path", "")) :]
-        await self.stacks.get(path, self._unknown)(scope, receive, send)
+        stack = self.stacks.get(path)
+        if stack is None:
+            stack = self._templated(scope, path)
+        await stack(scope, receive, send)
+
+    def _templated(self, scope: Scope, path: str) -> ASGIApp:
+        for prefix, name, stack in self.templated:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                scope["path_params"] = {name: path[len(prefix) :]}
+                return stack
+        return self._unknown
 
 
 async def _unknown_path(scope: Scope, receive: Receive, send: Send) -> None:
