@@ -3,6 +3,9 @@
 - ``plan_output``: a request's ``tools``, ``tool_choice`` and ``response_format`` become the
   engine's ``tools``/``tool_choice`` and a :class:`Constraint`. Every JSON schema is checked
   (valid, within ``max_schema_bytes``) before an engine sees it.
+- Schemas are closed before decoding: an object that lists its ``properties`` and says nothing
+  of ``additionalProperties`` gets none (``closed``), as OpenAI's strict mode and vLLM's
+  xgrammar backend do. Otherwise a model may add keys until it runs out of tokens.
 - A named or ``required`` tool choice is served the same way on every engine: the output is
   decoded under the schema ``{"name": <a tool>, "arguments": <its parameters>}`` and
   ``forced_calls`` turns that JSON into the tool call. So the arguments always parse and match
@@ -92,7 +95,7 @@ def call_schema(tools: list[Tool]) -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "name": {"const": tool.function.name},
-                "arguments": tool.function.parameters or NO_ARGUMENTS,
+                "arguments": closed(tool.function.parameters or NO_ARGUMENTS),
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,
@@ -111,7 +114,34 @@ def _format_constraint(body: ChatCompletionRequest, max_schema_bytes: int) -> Co
     assert fmt.json_schema is not None  # the wire model checks it
     schema = fmt.json_schema.schema_ or {"type": "object"}
     check_schema(schema, "response_format.json_schema.schema", max_schema_bytes)
-    return Constraint("json_schema", schema)
+    return Constraint("json_schema", closed(schema))
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
+_SCHEMA_VALUES = ("items", "not", "if", "then", "else", "contains", "additionalProperties", "propertyNames")
+
+
+def closed(schema: Any) -> Any:
+    """A copy in which every object that lists ``properties`` allows no others unless it says so.
+
+    Only subschemas are visited (``const``, ``enum`` and ``default`` are data, left as they are).
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: closed(sub) for name, sub in schema[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            out[key] = [closed(sub) for sub in schema[key]]
+    for key in _SCHEMA_VALUES:
+        if key in schema:
+            out[key] = closed(schema[key])
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
 
 
 def check_schema(schema: Mapping[str, Any], param: str, max_bytes: int) -> None:
