@@ -19,7 +19,7 @@ from .engines.base import Engine
 from .errors import InvalidRequestError, ServingConfigError
 from .metrics import UNKNOWN, RequestMetrics
 from .prompts import Rendered, Template, TemplateError, TemplateRenderError, TemplateStore
-from .protocol import ChatCompletionRequest, Message
+from .protocol import ChatCompletionRequest, Message, SamplingFields
 from .registry import Adapter, AdapterRejected, Registry
 from .tenancy import Principal, Route, Tenancy
 from .tool_calls import plan_output
@@ -42,7 +42,8 @@ class Plan:
 
     @property
     def hide_reasoning(self) -> bool:
-        return self.template is not None and self.template.cot == "hidden"
+        """A hidden-CoT template's filter; not on constrained output, which is the JSON and nothing else."""
+        return self.template is not None and self.template.cot == "hidden" and self.request.constraint is None
 
     def headers(self) -> dict[str, str]:
         return {
@@ -145,7 +146,8 @@ class Planner:
         max_tokens = self.max_tokens(route, body.max_completion_tokens or body.max_tokens)
         if body.min_tokens > max_tokens:
             raise InvalidRequestError("min_tokens must not exceed max_tokens.", param="min_tokens")
-        return sampling_params(body, max_tokens)
+        top = (body.top_logprobs or 0) if body.logprobs else 0
+        return sampling_params(body, max_tokens, logprobs=bool(body.logprobs), top_logprobs=top)
 
 
 def chat_messages(messages: list[Message]) -> list[ChatMessage]:
@@ -168,8 +170,19 @@ def chat_messages(messages: list[Message]) -> list[ChatMessage]:
     return out
 
 
-def sampling_params(body: ChatCompletionRequest, max_tokens: int) -> SamplingParams:
-    """The request's sampling fields as the engines take them (absent fields: their neutral values)."""
+def sampling_params(
+    body: SamplingFields,
+    max_tokens: int,
+    *,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+    prompt_logprobs: bool = False,
+) -> SamplingParams:
+    """The request's sampling fields as the engines take them (absent fields: their neutral values).
+
+    Chat and completions share the fields; their logprobs differ on the wire (a flag and a count,
+    or one count), so the caller says what was asked.
+    """
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -184,6 +197,7 @@ def sampling_params(body: ChatCompletionRequest, max_tokens: int) -> SamplingPar
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=tuple((int(k), v) for k, v in (body.logit_bias or {}).items()),
-        logprobs=bool(body.logprobs),
-        top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        prompt_logprobs=prompt_logprobs,
     )

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 from .errors import InvalidRequestError
 
 MIN_REPETITION_PENALTY = 0.01
+MAX_LOGIT_BIAS = 1024  # entries; each is applied to every row that asks, at every step
 MAX_STOP_CHARS = 512  # each stop string is looked for after every token, in every row of the batch
 
 
@@ -131,13 +132,12 @@ UNSUPPORTED = {
 }
 
 
-class ChatCompletionRequest(BaseModel):
+class SamplingFields(BaseModel):
+    """The sampling fields chat and completions share (one definition, one set of bounds)."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    messages: Annotated[list[Message], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1)] = 1
@@ -145,33 +145,13 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # torch generators take int64
-    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     logit_bias: (
-        Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=1024)] | None
+        Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=MAX_LOGIT_BIAS)]
+        | None
     ) = None
-    # Accepted, and they change nothing in the answer (documented): who asks, and OpenAI's storage and tiers.
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
-    service_tier: str | None = None
-    prompt_cache_key: str | None = None
-    safety_identifier: str | None = None
-    # OpenAI's, refused (UNSUPPORTED): typed Any so that the refusal, not a type error, answers them.
-    functions: Any = None
-    function_call: Any = None
-    audio: Any = None
-    modalities: Any = None
-    prediction: Any = None
-    reasoning_effort: Any = None
-    web_search_options: Any = None
-    verbosity: Any = None
+    user: str | None = None  # accepted; changes nothing in the answer
     # vLLM's extra sampling parameters
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -202,6 +182,37 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError("logit_bias keys are token ids (non-negative integers, as strings)")
         return value
 
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # Accepted, and they change nothing in the answer (documented): who asks, and OpenAI's storage and tiers.
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # OpenAI's, refused (UNSUPPORTED): typed Any so that the refusal, not a type error, answers them.
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+    verbosity: Any = None
+
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> ChatCompletionRequest:
         """Raised as the OpenAI 400 itself (not a ValueError), so that the code is unsupported_parameter."""
@@ -215,10 +226,6 @@ class ChatCompletionRequest(BaseModel):
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequestError("top_logprobs needs logprobs set to true.", param="top_logprobs")
         return self
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
 class Usage(BaseModel):

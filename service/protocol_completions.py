@@ -1,77 +1,37 @@
 """OpenAI wire models for ``/v1/completions`` and ``/v1/embeddings``: the contract, nothing else.
 
-Unlike chat, these requests refuse unknown fields with 400 (``extra="forbid"``), as OpenAI does;
-vLLM's extra sampling parameters (``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``,
-``ignore_eos``) are documented extensions and accepted. The fields OpenAI knows but the gateway
-cannot honour (``suffix``, token-id prompts, ``best_of`` other than ``n``) parse here and are refused
-by the services with ``unsupported_parameter``, so that the error names the field.
+As chat's, these requests refuse unknown fields with 400 (``extra="forbid"``), as OpenAI does, and
+completions share chat's sampling fields (``protocol.SamplingFields``, with vLLM's documented
+extras). The fields OpenAI knows but the gateway cannot honour (``suffix``, token-id prompts,
+``best_of`` other than ``n``) parse here and are refused by the services with
+``unsupported_parameter``, so that the error names the field.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from .protocol import MAX_STOP_CHARS, MIN_REPETITION_PENALTY, StreamOptions, Usage
+from .protocol import SamplingFields, Usage
 
 MAX_LOGPROBS = 20  # OpenAI allows 5; vLLM's default max_logprobs is 20
 MAX_PROMPTS = 256  # prompts in one request; each runs as its own generation request
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit
-MAX_LOGIT_BIAS = 1024  # entries
 
 TokenIds = list[int]
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
+class CompletionRequest(SamplingFields):
     # Token-id prompts parse (they are OpenAI's) and get 400 unsupported_parameter from the service.
     prompt: str | list[str] | TokenIds | list[TokenIds]
     suffix: str | None = None  # refused unless empty: no model here does fill-in-the-middle
     max_tokens: Annotated[int, Field(ge=1)] | None = None  # OpenAI's default: 16
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Field(ge=1)] = 1
     best_of: Annotated[int, Field(ge=1)] | None = None  # only None, 1 or n
-    stop: Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=16)] = []
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    logit_bias: (
-        Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=MAX_LOGIT_BIAS)]
-        | None
-    ) = None
-    user: str | None = None
-    # vLLM's extra sampling parameters
-    top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    repetition_penalty: Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=10.0)] | None = None
-    min_tokens: Annotated[int, Field(ge=0)] = 0
-    ignore_eos: bool = False
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_as_list(cls, value: Any) -> Any:
-        if value is None:
-            return []
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("top_k")
-    @classmethod
-    def _top_k_beyond_any_vocabulary_is_off(cls, value: int | None) -> int | None:
-        return -1 if value is not None and value >= 2**24 else value
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
 class CompletionLogprobs(BaseModel):

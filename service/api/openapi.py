@@ -48,7 +48,8 @@ def _operation(route: ApiRoute) -> dict[str, Any]:
     }
     if "{" in route.path:  # a templated path: its one parameter
         name = route.path[route.path.index("{") + 1 : route.path.index("}")]
-        operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+        parameter = {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        operation["parameters"] = [parameter]
     if route.request is not None:
         body = {"application/json": {"schema": _schema(route.request)}}
         operation["requestBody"] = {"required": True, "content": body}
