@@ -70,6 +70,7 @@ adapters: model $(DEV_STAMP)
 
 bench: model vllm $(DEV_STAMP)
 	$(PY) -m loadtests.bench_engine
+	$(PY) -m loadtests.bench_constrained
 	$(PY) -m loadtests.bench_vllm
 
 lint: $(DEV_STAMP)

@@ -62,6 +62,7 @@ def local_engine(settings: Settings, engine: Callable[..., Engine] | None = None
         max_context=settings.max_context,
         max_prefill_tokens=settings.max_prefill_tokens,
         max_loaded_adapters=settings.max_loaded_adapters,
+        grammar_cache_size=settings.grammar_cache_size,
         prepare=None if settings.model_path else lambda: prepare_model(path),
     )
 

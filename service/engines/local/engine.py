@@ -15,10 +15,19 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...domain import ChatMessage, Delta, GenerationRequest
-from ...errors import ContextLengthError, EngineFailure, EngineUnavailableError, ModelNotFoundError
+from ...domain import ChatMessage, Delta, GenerationRequest, SamplingParams
+from ...errors import (
+    ContextLengthError,
+    EngineFailure,
+    EngineUnavailableError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
 from ..base import EngineEvents, EngineHealth
+from .grammar import Grammar, GrammarCache
 from .scheduler import Job, Scheduler
+from .tool_parser import parse_tool_calls
+from .tools import TemplateTraits, render, template_traits
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,7 @@ class LocalEngine:
         max_context: int | None = None,
         max_prefill_tokens: int = 8192,
         max_loaded_adapters: int = 8,
+        grammar_cache_size: int = 128,
         prepare: Callable[[], object] | None = None,
         scheduler: Callable[..., Scheduler] = Scheduler,
     ):
@@ -58,8 +68,12 @@ class LocalEngine:
         self._max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
         self._max_loaded_adapters = max_loaded_adapters
+        self._grammar_cache_size = grammar_cache_size
         self._scheduler: Scheduler | None = None
         self._tokenizer: Any = None
+        self._traits = TemplateTraits()  # what the chat template does with tools (probed at load)
+        self.grammars: GrammarCache | None = None  # compiled output grammars, set at load
+        self.vocab_size = 0  # token ids below this are valid (logit_bias)
         self._error: str | None = None
         self._loader: threading.Thread | None = None
         self._adapter_paths: dict[str, Path] = {}  # name -> registry folder, set by ensure_adapter
@@ -103,6 +117,11 @@ class LocalEngine:
             max_loaded_adapters=self._max_loaded_adapters,
             events=self._events,
         )
+        self.vocab_size = min(len(tokenizer), int(model.config.vocab_size))
+        self.grammars = GrammarCache(
+            tokenizer, int(model.config.vocab_size), eos_ids, self._grammar_cache_size
+        )
+        self._traits = template_traits(tokenizer)
         scheduler.start()
         self._tokenizer, self._scheduler = tokenizer, scheduler
         log.info("loaded %s from %s on %s (%s)", self.model_name, self.model_path, device, dtype)
@@ -141,17 +160,46 @@ class LocalEngine:
     # -- generation --------------------------------------------------------------
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         """The text the model sees: the messages after the model's chat template."""
-        text: str = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        return text
+        return self.render(GenerationRequest("", messages, _NO_SAMPLING))
+
+    def render(self, request: GenerationRequest) -> str:
+        """A chat request's prompt text: messages and tools through the chat template (tools.py)."""
+        return render(self._tokenizer, self._traits, request)
 
     def encode(self, messages: Sequence[ChatMessage]) -> list[int]:
         return list(self._tokenizer(self.render_prompt(messages), add_special_tokens=False).input_ids)
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+    def encode_request(self, request: GenerationRequest) -> list[int]:
+        """The prompt's ids: a raw prompt as it is (special tokens as the tokenizer adds them,
+        like vLLM's completions), or the chat messages through the template."""
+        if request.prompt is not None:
+            return list(self._tokenizer(request.prompt).input_ids)
+        return list(self._tokenizer(self.render(request), add_special_tokens=False).input_ids)
+
+    def _check_logit_bias(self, request: GenerationRequest) -> None:
+        for token, _ in request.sampling.logit_bias:
+            if not 0 <= token < self.vocab_size:
+                raise InvalidRequestError(
+                    f"logit_bias has token id {token}, outside this model's vocabulary "
+                    f"(0 to {self.vocab_size - 1}).",
+                    param="logit_bias",
+                )
+
+    async def _compile(self, request: GenerationRequest) -> Grammar | None:
+        if request.constraint is None:
+            return None
+        assert self.grammars is not None  # set at load, with the scheduler
+        return await asyncio.to_thread(self.grammars.get, request.constraint)
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """The request's deltas; with tools and ``auto`` (no constraint), calls become ``tool_calls``."""
+        deltas = self._stream(request)
+        if request.tools and request.tool_choice == "auto" and request.constraint is None:
+            names = [str(tool.get("function", tool).get("name")) for tool in request.tools]
+            return parse_tool_calls(deltas, names, request.parallel_tool_calls)
+        return deltas
+
+    async def _stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         scheduler = self._scheduler
         if scheduler is None:
             raise EngineUnavailableError("The model is still loading; retry shortly.")
@@ -160,23 +208,30 @@ class LocalEngine:
             adapter_path = self._adapter_paths.get(request.adapter)
             if adapter_path is None:
                 raise ModelNotFoundError(f"The adapter `{request.adapter}` is not registered.", param="model")
-        prompt_ids = await asyncio.to_thread(self.encode, request.messages)
+        self._check_logit_bias(request)
+        prompt_ids = await asyncio.to_thread(self.encode_request, request)
+        where = "prompt" if request.prompt is not None else "messages"
         if len(prompt_ids) > self.max_prefill_tokens:  # its prefill alone would pass the memory budget
             raise ContextLengthError(
                 f"This server prefills at most {self.max_prefill_tokens} prompt tokens at once; your "
-                f"messages have {len(prompt_ids)} tokens. Please shorten them.",
-                param="messages",
+                f"{where} have {len(prompt_ids)} tokens. Please shorten them.",
+                param=where,
             )
         wanted = len(prompt_ids) + request.sampling.max_tokens
         if wanted > self.max_context:
             raise ContextLengthError(
                 f"This model's maximum context length is {self.max_context} tokens. However, you requested "
-                f"{wanted} tokens ({len(prompt_ids)} in the messages, {request.sampling.max_tokens} in the "
-                "completion). Please reduce the length of the messages or completion.",
-                param="messages",
+                f"{wanted} tokens ({len(prompt_ids)} in the {where}, {request.sampling.max_tokens} in the "
+                f"completion). Please reduce the length of the {where} or completion.",
+                param=where,
             )
+        grammar = await self._compile(request)
         job = Job(
-            request=request, prompt_ids=prompt_ids, loop=asyncio.get_running_loop(), adapter_path=adapter_path
+            request=request,
+            prompt_ids=prompt_ids,
+            loop=asyncio.get_running_loop(),
+            adapter_path=adapter_path,
+            grammar=grammar,
         )
         scheduler.submit(job)
         finished = 0
@@ -191,3 +246,6 @@ class LocalEngine:
         finally:
             if finished < request.n:
                 job.cancelled = True
+
+
+_NO_SAMPLING = SamplingParams(max_tokens=1)

@@ -1,9 +1,10 @@
 """Turn one row of logits into the next token, as vLLM's sampling parameters say.
 
-Order of operations (the same as vLLM's): repetition penalty, min_tokens
-(stop tokens masked until enough tokens exist), then greedy argmax or
-temperature, top-k, top-p and min-p followed by a draw from a per-request
-generator, so a fixed ``seed`` gives the same text every time.
+Order of operations (as vLLM's): repetition penalty, OpenAI's presence and frequency
+penalties (over the completion's tokens only), ``logit_bias``, min_tokens (stop tokens
+masked until enough tokens exist), then greedy argmax or temperature, top-k, top-p and
+min-p followed by a draw from a per-request generator, so a fixed ``seed`` gives the same
+text every time. A row's grammar mask (grammar.py) is applied before all of these.
 
 No parameter the request schema admits can make a row's draw fail: temperatures below
 ``SAMPLING_EPS`` are greedy, and after the penalty and the temperature the row's logits are
@@ -19,6 +20,7 @@ import torch
 from ...domain import SamplingParams
 
 _LARGEST = torch.finfo(torch.float32).max
+LogitBias = tuple[torch.Tensor, torch.Tensor]  # token ids, biases
 
 
 class SamplingError(ValueError):
@@ -38,7 +40,39 @@ def make_generator(params: SamplingParams, device: torch.device) -> torch.Genera
 
 def needs_processing(params: SamplingParams, generated: int) -> bool:
     """False when the plain argmax of the raw logits is the answer."""
-    return not params.greedy or params.repetition_penalty != 1.0 or generated < params.min_tokens
+    return (
+        not params.greedy
+        or params.repetition_penalty != 1.0
+        or generated < params.min_tokens
+        or has_openai_penalties(params)
+    )
+
+
+def has_openai_penalties(params: SamplingParams) -> bool:
+    return params.presence_penalty != 0.0 or params.frequency_penalty != 0.0 or bool(params.logit_bias)
+
+
+def apply_openai_penalties(
+    logits: torch.Tensor, params: SamplingParams, counts: torch.Tensor | None, bias: LogitBias | None
+) -> None:
+    """OpenAI's: logit -= frequency * count + presence * (count > 0); then logit += bias, in place."""
+    if counts is not None:
+        if params.frequency_penalty != 0.0:
+            logits.sub_(counts, alpha=params.frequency_penalty)
+        if params.presence_penalty != 0.0:
+            logits.sub_((counts > 0).float(), alpha=params.presence_penalty)
+    if bias is not None:
+        logits.index_add_(0, bias[0], bias[1])
+
+
+def make_bias(params: SamplingParams, device: torch.device) -> LogitBias | None:
+    if not params.logit_bias:
+        return None
+    ids, values = zip(*params.logit_bias, strict=True)
+    return (
+        torch.tensor(ids, dtype=torch.long, device=device),
+        torch.tensor(values, dtype=torch.float32, device=device),
+    )
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
@@ -74,9 +108,16 @@ def next_token(
     generated: int,
     stop_token_ids: torch.Tensor,
     generator: torch.Generator | None,
+    counts: torch.Tensor | None = None,
+    bias: LogitBias | None = None,
 ) -> int:
-    """Pick the next token for one sequence. ``logits`` is a float32 row, changed in place."""
+    """Pick the next token for one sequence. ``logits`` is a float32 row, changed in place.
+
+    ``counts``: how often each token occurs in the completion so far (for the presence and
+    frequency penalties); ``bias``: ``logit_bias`` as tensors (``make_bias``).
+    """
     apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    apply_openai_penalties(logits, params, counts, bias)
     if generated < params.min_tokens:
         logits[stop_token_ids] = float("-inf")
     if params.greedy:

@@ -7,68 +7,37 @@ cancelled sequence leaves at once. Results go back to the asyncio side with
 ``loop.call_soon_threadsafe``; nothing here touches the event loop otherwise.
 
 Fault isolation: one tenant's request must never end another's. What is done per row
-(sampling, stop strings, detokenising) is guarded per row, so a failure there fails that
-row's request alone. A prefill that fails is retried one job at a time, so only the job it
-cannot run fails; the running batch is untouched by it. Only a failed decode step, the
-forward pass every running row shares, fails every request in flight.
+(sampling, grammar masks, stop strings, detokenising, logprobs) is guarded per row, so a
+failure there fails that row's request alone. A prefill that fails is retried one job at a
+time, so only the job it cannot run fails; the running batch is untouched by it. Only a
+failed decode step, the forward pass every running row shares, fails every request in flight.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 
 import torch
 from transformers import PreTrainedModel
 
-from ...domain import Delta, FinishReason, GenerationRequest, SamplingParams
 from ..base import EngineEvents
 from .kv_batch import KVBatch, slack_cache
+from .logprobs import TokenTexts, entry, output_layer_inputs, prompt_entries, sampled
 from .lora import LoraSlots
-from .sampling import make_generator, needs_processing, next_token
+from .rows import Job, LogprobTrail, Row
+from .sampling import make_bias, make_generator, needs_processing, next_token
 from .text import Detokenizer, TextStream
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class Job:
-    """One request as the worker sees it; results go into ``queue`` on ``loop``."""
-
-    request: GenerationRequest
-    prompt_ids: list[int]
-    loop: asyncio.AbstractEventLoop
-    adapter_path: Path | None = None  # where request.adapter's weights are (from the registry)
-    queue: asyncio.Queue[Delta | BaseException] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    submitted: float = field(default_factory=time.monotonic)
-    queue_seconds: float | None = None  # submission -> taken into the batch; set when taken
-
-    def send(self, item: Delta | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the requester's event loop is closed: nobody listens any more
-            self.cancelled = True
-
-
-@dataclass(eq=False)
-class _Row:
-    """One choice of one job: a row of the running batch."""
-
-    job: Job
-    index: int
-    params: SamplingParams
-    text: TextStream
-    generator: torch.Generator | None
-    seen: torch.Tensor  # prompt and output ids, for the repetition penalty
-    generated: int = 0
-    finished: bool = False
-    queue_seconds: float | None = None  # goes out on the row's first delta, then None
+__all__ = ["Job", "Scheduler"]
+_Row = Row  # the name tests knew it by
 
 
 class Scheduler:
@@ -91,12 +60,13 @@ class Scheduler:
         self.eos_ids = torch.tensor(sorted(set(eos_token_ids)), device=self.device)
         self._eos_set = set(eos_token_ids)
         self.pad_id = pad_token_id
+        self.texts = TokenTexts(tokenizer)  # tokens' own texts, for logprobs
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens  # jobs x longest prompt, per prefill (its memory)
         self._waiting: deque[Job] = deque()
         self._wake = threading.Condition()
         self._closing = False
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._admitting: list[Job] = []  # taken from the queue, not yet rows: in flight too
         self._batch: KVBatch | None = None
         self._next: torch.Tensor | None = None  # next input token per row
@@ -166,6 +136,9 @@ class Scheduler:
                     continue
                 if job.request.n > room and (taken or self._rows):
                     break  # wait until enough rows are free
+                alone = job.request.sampling.prompt_logprobs  # prefilled alone: its positions are read
+                if taken and (alone or taken[0].request.sampling.prompt_logprobs):
+                    break
                 wider = max(width, len(job.prompt_ids))
                 if taken and (len(taken) + 1) * wider > self.max_prefill_tokens:
                     break  # the next prefill takes it
@@ -205,7 +178,7 @@ class Scheduler:
         self._admitting = []
         job.send(exc)
 
-    def _prefill(self, jobs: list[Job]) -> tuple[KVBatch, list[_Row], list[int]]:
+    def _prefill(self, jobs: list[Job]) -> tuple[KVBatch, list[Row], list[int]]:
         """Run the jobs' prompts together and pick each row's first token; the running batch is untouched."""
         self._admitting = jobs
         width = max(len(j.prompt_ids) for j in jobs)
@@ -216,15 +189,24 @@ class Scheduler:
             mask[i, width - len(job.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = slack_cache(self.config)
-        out = self.lora.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **self.lora.forward_kwargs([j.request.adapter for j in jobs]),
+        prompt_logprobs = jobs[0].request.sampling.prompt_logprobs  # such a job is prefilled alone
+        keep: AbstractContextManager[list[torch.Tensor]] = (
+            output_layer_inputs(self.model) if prompt_logprobs else nullcontext([])
         )
+        with keep as hidden:
+            out = self.lora.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=0 if prompt_logprobs else 1,
+                **self.lora.forward_kwargs([j.request.adapter for j in jobs]),
+            )
+        if prompt_logprobs:
+            job = jobs[0]
+            top_n = job.request.sampling.top_logprobs
+            job.prompt_logprobs = prompt_entries(self.model, hidden[0][0], job.prompt_ids, top_n, self.texts)
         logits = out.logits[:, -1, :].float()
         expand = torch.repeat_interleave(
             torch.arange(len(jobs), device=self.device),
@@ -239,7 +221,7 @@ class Scheduler:
         ]
         return group, rows, firsts
 
-    def _join(self, group: KVBatch, rows: list[_Row], firsts: list[int]) -> None:
+    def _join(self, group: KVBatch, rows: list[Row], firsts: list[int]) -> None:
         """The prefilled rows join the running batch; each sends its first token."""
         if self._batch is None:
             self._batch = group
@@ -272,11 +254,14 @@ class Scheduler:
             ready.append(job)
         return ready
 
-    def _new_row(self, job: Job, index: int) -> _Row:
+    def _new_row(self, job: Job, index: int) -> Row:
         params = job.request.sampling
         if params.seed is not None and index:  # n choices from one seed must differ
             params = replace(params, seed=params.seed + index)
-        return _Row(
+        if job.grammar is not None:  # the grammar decides where the output ends
+            params = replace(params, min_tokens=0, ignore_eos=False)
+        penalised = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+        return Row(
             job=job,
             index=index,
             params=params,
@@ -284,6 +269,12 @@ class Scheduler:
             generator=make_generator(params, self.device),
             seen=torch.tensor(job.prompt_ids, device=self.device),
             queue_seconds=job.queue_seconds,
+            grammar=job.grammar.row() if job.grammar is not None else None,
+            counts=torch.zeros(self.config.vocab_size, device=self.device) if penalised else None,
+            bias=make_bias(params, self.device),
+            trail=LogprobTrail() if params.logprobs else None,
+            prompt_logprobs=job.prompt_logprobs is not None,
+            special=job.grammar is not None or params.logprobs,
         )
 
     def _decode_step(self) -> None:
@@ -303,42 +294,55 @@ class Scheduler:
             **self.lora.forward_kwargs([row.job.request.adapter for row in self._rows]),
         )
         batch.mask = mask
-        logits = out.logits[:, -1, :]
+        logits = out.logits[:, -1, :].float()  # a CPU argmaxes float32 ~3x faster than bfloat16
         tokens = torch.argmax(logits, dim=-1).tolist()
         for i, row in enumerate(self._rows):
-            if needs_processing(row.params, row.generated):
-                tokens[i] = self._guarded_pick(row, logits[i].float())
+            if row.special or needs_processing(row.params, row.generated):
+                tokens[i] = self._guarded_pick(row, logits[i])
         self._next = torch.tensor(tokens, device=self.device)
         for row, token in zip(self._rows, tokens, strict=True):
             self._guarded_accept(row, token)
         self._drop_finished()
 
-    def _guarded_pick(self, row: _Row, logits: torch.Tensor) -> int:
-        """The row's next token; if picking fails, the row's request fails alone (token: the pad id)."""
+    def _guarded_pick(self, row: Row, logits: torch.Tensor) -> int:
+        """The row's next token; if picking fails, the row's request fails alone (token: the pad id).
+
+        ``logits``: the row's raw logits. Logprobs come from them as they are; then the row's
+        grammar masks them and the sampler picks.
+        """
         if row.finished or row.job.cancelled:
             return self.pad_id
         try:
-            return next_token(
+            logprobs = sampled(logits) if row.trail is not None else None
+            logits = logits.float()
+            if row.grammar is not None:
+                row.grammar.apply(logits)
+            token = next_token(
                 logits,
                 row.params,
                 seen=row.seen,
                 generated=row.generated,
                 stop_token_ids=self.eos_ids,
                 generator=row.generator,
+                counts=row.counts,
+                bias=row.bias,
             )
+            if row.trail is not None and logprobs is not None:
+                row.trail.picked = entry(logprobs, token, row.params.top_logprobs, self.texts)
+            return token
         except Exception as exc:
             self._fail_row(row, exc)
             return self.pad_id
 
-    def _guarded_accept(self, row: _Row, token: int) -> None:
+    def _guarded_accept(self, row: Row, token: int) -> None:
         if row.finished or row.job.cancelled:
             return
         try:
-            self._accept(row, token)
+            row.accept(token, self._eos_set)
         except Exception as exc:
             self._fail_row(row, exc)
 
-    def _fail_row(self, row: _Row, exc: Exception) -> None:
+    def _fail_row(self, row: Row, exc: Exception) -> None:
         """Fail the row's request (all its choices); every other request goes on.
 
         The job counts as cancelled from here, so its other rows (in the batch or being admitted)
@@ -349,40 +353,6 @@ class Scheduler:
         row.finished = True
         row.job.cancelled = True
         row.job.send(exc)
-
-    def _accept(self, row: _Row, token: int) -> None:
-        row.generated += 1
-        if row.params.repetition_penalty != 1.0:
-            row.seen = torch.cat([row.seen, row.seen.new_tensor([token])])
-        if token in self._eos_set and not row.params.ignore_eos:
-            self._finish(row, row.text.flush(), "stop")
-            return
-        text = row.text.add(token, check_stops=row.generated >= row.params.min_tokens)
-        if row.text.stopped:
-            self._finish(row, text, "stop")
-        elif row.generated >= row.params.max_tokens:
-            self._finish(row, text + row.text.flush(), "length")
-        elif text:
-            row.job.send(Delta(index=row.index, text=text, queue_seconds=self._queued(row)))
-
-    def _finish(self, row: _Row, text: str, reason: FinishReason) -> None:
-        row.finished = True
-        row.job.send(
-            Delta(
-                index=row.index,
-                text=text,
-                finish_reason=reason,
-                prompt_tokens=len(row.job.prompt_ids),
-                completion_tokens=row.generated,
-                queue_seconds=self._queued(row),
-            )
-        )
-
-    @staticmethod
-    def _queued(row: _Row) -> float | None:
-        """The row's queue time on its first delta only."""
-        seconds, row.queue_seconds = row.queue_seconds, None
-        return seconds
 
     def _keep(self, keep: list[int]) -> None:
         if len(keep) == len(self._rows):

@@ -43,6 +43,16 @@ class TextStream:
             return out
         return self._release()
 
+    @property
+    def emitted(self) -> int:
+        """How much of ``text`` was handed out."""
+        return self._emitted
+
+    @property
+    def caught_up(self) -> bool:
+        """Every token added so far has its text in ``text`` (none waits for the rest of a character)."""
+        return self._read_offset == len(self._ids)
+
     def flush(self) -> str:
         """Everything still held back (the sequence ended without a stop string).
 
