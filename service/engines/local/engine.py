@@ -23,6 +23,7 @@ from ...errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
+from ...model_store import MODEL_LOAD_LOCK
 from ..base import EngineEvents, EngineHealth
 from .grammar import Grammar, GrammarCache
 from .scheduler import Job, Scheduler
@@ -102,7 +103,8 @@ class LocalEngine:
         dtype = auto_dtype(device) if self._dtype == "auto" else getattr(torch, self._dtype)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         # PreTrainedModel.to is wrapped by functools.wraps, whose typeshed type does not bind self
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
+        with MODEL_LOAD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
         eos = model.generation_config.eos_token_id
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
