@@ -63,9 +63,9 @@ def client(live_server: LiveServer) -> openai.OpenAI:
 
 
 def valid_call(call: object) -> dict[str, object]:
-    assert call.type == "function" and call.function.name == "get_weather"  # type: ignore[attr-defined]
-    arguments = json.loads(call.function.arguments)  # type: ignore[attr-defined]
-    jsonschema.validate(arguments, WEATHER["function"]["parameters"])  # type: ignore[index]
+    assert call.type == "function" and call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
     return dict(arguments)
 
 
@@ -73,8 +73,8 @@ def valid_call(call: object) -> dict[str, object]:
 def test_a_named_tool_choice_gives_schema_valid_arguments(client: openai.OpenAI, seed: int) -> None:
     answer = client.chat.completions.create(
         model=TINY_MODEL,
-        messages=ASK,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
+        messages=ASK,
+        tools=[WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         temperature=1.0,
         seed=seed,
@@ -89,8 +89,8 @@ def test_a_named_tool_choice_gives_schema_valid_arguments(client: openai.OpenAI,
 def test_required_tool_choice_streams_a_schema_valid_call(client: openai.OpenAI) -> None:
     with client.chat.completions.stream(
         model=TINY_MODEL,
-        messages=ASK,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
+        messages=ASK,
+        tools=[WEATHER],
         tool_choice="required",
         max_tokens=64,
         temperature=0,
@@ -102,7 +102,12 @@ def test_required_tool_choice_streams_a_schema_valid_call(client: openai.OpenAI)
 
 def test_parse_returns_the_pydantic_object(client: openai.OpenAI) -> None:
     answer = client.chat.completions.parse(
-        model=TINY_MODEL, messages=ASK, response_format=Forecast, max_tokens=64, temperature=0.7, seed=5  # type: ignore[arg-type]
+        model=TINY_MODEL,
+        messages=ASK,
+        response_format=Forecast,
+        max_tokens=64,
+        temperature=0.7,
+        seed=5,
     )
     assert isinstance(answer.choices[0].message.parsed, Forecast)
 
@@ -125,7 +130,12 @@ def test_json_object_mode_gives_a_json_object(client: openai.OpenAI) -> None:
 
 def test_logprobs_per_token(client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(
-        model=TINY_MODEL, messages=ASK, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3  # type: ignore[arg-type]
+        model=TINY_MODEL,
+        messages=ASK,
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
     )
     content = (answer.choices[0].logprobs and answer.choices[0].logprobs.content) or []
     assert answer.usage is not None and len(content) == answer.usage.completion_tokens
@@ -137,14 +147,18 @@ def test_logprobs_per_token(client: openai.OpenAI) -> None:
 
 def test_langchain_agent_loop_sends_the_tool_result_back(live_server: LiveServer) -> None:
     llm = ChatOpenAI(
-        base_url=live_server.base_url, api_key=API_KEY, model=TINY_MODEL, temperature=0, max_tokens=48  # type: ignore[arg-type]
+        base_url=live_server.base_url,
+        api_key=API_KEY,
+        model=TINY_MODEL,
+        temperature=0,
+        max_tokens=48,
     )
     history: list[object] = [HumanMessage("What is the weather in Paris, in celsius?")]
     forced = llm.bind_tools([get_weather], tool_choice="get_weather")
     first = forced.invoke(history)
     (call,) = first.tool_calls
     assert call["name"] == "get_weather"
-    jsonschema.validate(call["args"], WEATHER["function"]["parameters"])  # type: ignore[index]
+    jsonschema.validate(call["args"], WEATHER["function"]["parameters"])
     history += [first, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
     final = llm.bind_tools([get_weather]).invoke(history)
     assert isinstance(final.content, str)
@@ -152,7 +166,11 @@ def test_langchain_agent_loop_sends_the_tool_result_back(live_server: LiveServer
 
 def test_langchain_structured_output(live_server: LiveServer) -> None:
     llm = ChatOpenAI(
-        base_url=live_server.base_url, api_key=API_KEY, model=TINY_MODEL, temperature=0, max_tokens=64  # type: ignore[arg-type]
+        base_url=live_server.base_url,
+        api_key=API_KEY,
+        model=TINY_MODEL,
+        temperature=0,
+        max_tokens=64,
     )
     assert isinstance(llm.with_structured_output(Forecast).invoke("The forecast for Oslo?"), Forecast)
 
@@ -174,13 +192,15 @@ def test_smollm2_agent_with_the_sdk_and_langchain(smollm2_server: LiveServer) ->
     client = openai.OpenAI(base_url=smollm2_server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
     answer = client.chat.completions.create(
         model=SMOLLM2,
-        messages=ASK,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
+        messages=ASK,
+        tools=[WEATHER],
         tool_choice="required",
         temperature=0,
         max_tokens=64,
     )
     assert valid_call((answer.choices[0].message.tool_calls or [None])[0])["city"] == "Paris"
-    llm = ChatOpenAI(base_url=smollm2_server.base_url, api_key=API_KEY, model=SMOLLM2, temperature=0, max_tokens=64)  # type: ignore[arg-type]
+    llm = ChatOpenAI(
+        base_url=smollm2_server.base_url, api_key=API_KEY, model=SMOLLM2, temperature=0, max_tokens=64
+    )
     forecast = llm.with_structured_output(Forecast).invoke("Forecast: Oslo, cloudy. Note: bring a coat.")
     assert isinstance(forecast, Forecast) and forecast.city == "Oslo"

@@ -36,7 +36,9 @@ INVALID_PARAMS = [
                 {
                     "role": "user",
                     "content": "x",
-                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                    "tool_calls": [
+                        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ],
                 }
             ]
         },
