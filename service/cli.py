@@ -6,6 +6,7 @@
     loragate keys revoke KEY_ID                        the key stops working on the next request
     loragate keys list                                 ids, tenants, departments; never keys
     loragate adapters list|publish|promote|rollback    the adapter registry
+    loragate usage report --since DATE --by GROUP      the usage ledger, per department|adapter|key|tenant
     loragate train sft|reward|rl|dpo|rlaif|eval|publish  the adapter factory (adapters/cli.py)
 
 Every setting is an option of ``serve`` (``loragate serve --help``) and an
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli_registry import add_adapter_commands, run_adapters
+from .cli_usage import add_usage_commands, run_usage
 from .config import Settings, SettingsError, load_settings
 
 if typing.TYPE_CHECKING:
@@ -76,6 +78,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     prepare.add_argument("--data-dir", type=Path, default=None)
     _add_keys_commands(commands)
     add_adapter_commands(commands)
+    add_usage_commands(commands)
     if list(argv[:1]) == ["train"]:
         from adapters.cli import add_train_commands
 
@@ -219,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_keys(args)
         elif args.command == "adapters":
             return run_adapters(args, _settings(args))
+        elif args.command == "usage":
+            return run_usage(args, _settings(args))
         elif args.command == "train":
             from adapters.cli import run_train
 

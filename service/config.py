@@ -162,6 +162,30 @@ class Settings(BaseSettings):
         32_768, ge=1024, description="the largest request head (request line and headers); larger: 431"
     )
 
+    # -- limits and budgets (service/limits/) --------------------------------------------------
+    limits_backend: Literal["memory", "redis"] = Field(
+        "memory", description="where rate-limit and budget counters live: this process, or Redis (cluster)"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="limits_backend redis: the Redis server")
+    limits_failure_mode: Literal["open", "closed"] = Field(
+        "open",
+        description="when the limits backend cannot be reached: open admits requests (unlimited),"
+        " closed refuses them with 503",
+    )
+    # -- usage ledger (service/ledger/) --------------------------------------------------------
+    ledger_url: str = Field(
+        "sqlite:///data/usage.db",
+        description="where the usage ledger and the admin audit log are written: sqlite:///PATH (WAL)"
+        " or postgresql://user:pass@host/db (several gateways)",
+    )
+    ledger_batch_seconds: float = Field(
+        0.001,
+        ge=0,
+        le=5.0,
+        description="under load, the ledger writer gathers records this long into one commit (an idle"
+        " writer commits at once); every answer waits for its record's commit",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
