@@ -3,7 +3,8 @@
 The keys file (JSON, mode 0600, ``LORAGATE_KEYS_FILE``)::
 
     {"keys": [{"id": "key_ab12cd34", "sha256": "<hex>", "tenant": "acme", "department": "it" | null,
-               "created": "2026-01-01T00:00:00Z", "revoked": false}]}
+               "created": "2026-01-01T00:00:00Z", "revoked": false,
+               "limits": {"requests_per_minute": 60, ...}}]}   # "limits": optional, the key's own
 
 ``loragate keys create|revoke`` change it under an exclusive lock and replace it atomically (a temp
 file, then ``os.replace``); a running gateway re-reads it when it changes, so a new or revoked key
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from .errors import NotFoundError
+from .limits.policy import Limits
 from .reloading import FileWatch
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class KeyRecord:
     department: str | None  # the department the key is pinned to
     created: str  # ISO 8601, UTC
     revoked: bool = False
+    limits: Limits | None = None  # the key's own rate limits and budgets (service/limits/); None: unlimited
 
 
 class KeyStoreError(ValueError):
@@ -97,8 +100,11 @@ class KeyStore:
             keeps="the previous keys stay in force",
         )
 
-    def create(self, tenant: str, department: str | None = None) -> tuple[str, str]:
-        """A new key for ``tenant`` (pinned to ``department`` if given): ``(key_id, key)``.
+    def create(
+        self, tenant: str, department: str | None = None, limits: Limits | None = None
+    ) -> tuple[str, str]:
+        """A new key for ``tenant`` (pinned to ``department`` if given, with its own ``limits`` if given):
+        ``(key_id, key)``.
 
         The key itself is returned once and stored nowhere; only its hash is written.
         """
@@ -110,7 +116,8 @@ class KeyStore:
             key_id = ID_PREFIX + secrets.token_hex(4)
             while key_id in taken:
                 key_id = ID_PREFIX + secrets.token_hex(4)
-            entries.append((_digest(key), KeyRecord(key_id, tenant, department, created)))
+            record = KeyRecord(key_id, tenant, department, created, limits=limits or None)
+            entries.append((_digest(key), record))
         return key_id, key
 
     def revoke(self, key_id: str) -> KeyRecord:
@@ -184,6 +191,7 @@ def _entry(item: dict[str, Any]) -> _Entry:
         department=None if department is None else str(department),
         created=str(item["created"]),
         revoked=bool(item.get("revoked", False)),
+        limits=Limits.parse(item.get("limits")),
     )
     digest = item["sha256"]
     if not isinstance(digest, str) or len(digest) != 64:
@@ -192,7 +200,7 @@ def _entry(item: dict[str, Any]) -> _Entry:
 
 
 def _item(digest: str, record: KeyRecord) -> dict[str, Any]:
-    return {
+    item: dict[str, Any] = {
         "id": record.key_id,
         "sha256": digest,
         "tenant": record.tenant,
@@ -200,3 +208,6 @@ def _item(digest: str, record: KeyRecord) -> dict[str, Any]:
         "created": record.created,
         "revoked": record.revoked,
     }
+    if record.limits:
+        item["limits"] = record.limits.to_dict()
+    return item

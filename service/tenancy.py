@@ -51,6 +51,7 @@ from pydantic import (
 
 from .errors import AuthenticationError, ModelNotFoundError, NotFoundError, PermissionDeniedError, quoted
 from .keys import KeyStore
+from .limits.policy import Limits, LimitsSpec
 from .reloading import FileWatch
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Department:
     adapter: str | None  # registry alias; None = the base model, L1 only
     template: str | None  # template name, e.g. "acme/it"; None = no L1 template
     variables: Mapping[str, str]
+    limits: Limits | None = None  # its rate limits and budgets (service/limits/); None: unlimited
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Tenant:
     adapters: frozenset[str]  # aliases the tenant may use (its departments' adapters always included)
     max_tokens: int | None  # cap on max_tokens per request
     variables: Mapping[str, str]
+    limits: Limits | None = None  # limits for all its requests together; None: unlimited
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Principal:
     key_id: str
     tenant: Tenant
     pinned_department: str | None
+    limits: Limits | None = None  # the key's own limits; None: unlimited
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class DepartmentSpec(_Spec):
     adapter: Name | None = Field(None, description="registry alias of the adapter; none: the base model")
     template: TemplateName | None = Field(None, description="L1 template under prompts/, e.g. acme/it")
     variables: dict[str, str] = Field(default_factory=dict, description="values for the template")
+    limits: LimitsSpec | None = Field(None, description="rate limits and budgets of the department")
 
 
 class TenantSpec(_Spec):
@@ -127,6 +132,7 @@ class TenantSpec(_Spec):
     adapters: list[Name] = Field(default_factory=list, description="further aliases the tenant may use")
     max_tokens: int | None = Field(None, ge=1, description="cap on a request's max_tokens")
     variables: dict[str, str] = Field(default_factory=dict, description="values for all its templates")
+    limits: LimitsSpec | None = Field(None, description="rate limits and budgets of the whole tenant")
 
     @field_validator("departments", mode="before")
     @classmethod
@@ -159,15 +165,25 @@ class TenantsFile(_Spec):
 
 def _tenant(name: str, spec: TenantSpec) -> Tenant:
     departments = {
-        d: Department(d, s.adapter, s.template, MappingProxyType(dict(s.variables)))
+        d: Department(d, s.adapter, s.template, MappingProxyType(dict(s.variables)), _limits(s.limits))
         for d, s in spec.departments.items()
     }
     adapters = frozenset(spec.adapters) | {d.adapter for d in departments.values() if d.adapter}
     assert spec.default_department is not None  # filled in by the validator
     variables = MappingProxyType(dict(spec.variables))
     return Tenant(
-        name, MappingProxyType(departments), spec.default_department, adapters, spec.max_tokens, variables
+        name,
+        MappingProxyType(departments),
+        spec.default_department,
+        adapters,
+        spec.max_tokens,
+        variables,
+        _limits(spec.limits),
     )
+
+
+def _limits(spec: LimitsSpec | None) -> Limits | None:
+    return None if spec is None else spec.to_limits()
 
 
 class TenantsFileError(ValueError):
@@ -281,7 +297,7 @@ class Tenancy:
         tenant = self.tenants.get(record.tenant)
         if tenant is None:
             raise AuthenticationError("This API key's tenant is no longer configured.")
-        return Principal(record.key_id, tenant, record.department)
+        return Principal(record.key_id, tenant, record.department, record.limits)
 
     def route(self, principal: Principal, department_header: str | None, model: str) -> Route:
         tenant, pinned = principal.tenant, principal.pinned_department

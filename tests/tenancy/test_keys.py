@@ -90,7 +90,14 @@ def test_list_holds_no_keys_or_hashes(store: KeyStore) -> None:
         ("globex", "hr"),
         ("acme", "finance"),
     }
-    assert [f.name for f in fields(KeyRecord)] == ["key_id", "tenant", "department", "created", "revoked"]
+    assert [f.name for f in fields(KeyRecord)] == [
+        "key_id",
+        "tenant",
+        "department",
+        "created",
+        "revoked",
+        "limits",
+    ]
     text = repr(records)
     for _, key in created:
         assert key not in text and hashlib.sha256(key.encode()).hexdigest() not in text
