@@ -8,6 +8,7 @@ Each app has its own metrics registry, served at ``/metrics``.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -32,6 +33,8 @@ from .engines.base import Engine, ReportsEvents
 from .errors import LoragateError, MethodNotAllowedError, NotFoundError, error_envelope
 from .gpu import GpuCollector
 from .keys import KeyStore
+from .ledger import open_ledger
+from .limits import build_limiter
 from .metrics import Metrics
 from .middleware import GatewayMiddleware
 from .planning import Planner
@@ -175,6 +178,11 @@ def create_app(
             embeddings=EmbeddingService.from_settings(settings, tenancy, telemetry),
             metrics=telemetry,
             created=int(time.time()),
+            limiter=build_limiter(settings),
+            ledger=await asyncio.to_thread(
+                open_ledger, settings.resolved_ledger_url, batch_seconds=settings.ledger_batch_seconds
+            ),
+            engine_kind=engine_kind(engine),
         )
         await engine.start()
         await app.state.loragate.embeddings.start()  # a local embedding model loads in the background
@@ -182,8 +190,11 @@ def create_app(
         try:
             yield
         finally:
-            await app.state.loragate.embeddings.close()
+            state = app.state.loragate
+            await state.embeddings.close()
             await engine.close()
+            await state.limiter.aclose()
+            await state.ledger.aclose()  # last: every answer's record is written
             gpu.close()
 
     api = ApiRouter(API_ROUTES, max_body_bytes=settings.max_request_bytes, metrics=telemetry)

@@ -54,7 +54,7 @@ def run_usage(args: argparse.Namespace, settings: Settings) -> int:
     from .ledger.report import parse_moment, render
     from .ledger.sqlite import sqlite_path
 
-    url = settings.ledger_url
+    url = settings.resolved_ledger_url
     try:
         query = ReportQuery(
             by=args.by,

@@ -173,10 +173,10 @@ class Settings(BaseSettings):
         " closed refuses them with 503",
     )
     # -- usage ledger (service/ledger/) --------------------------------------------------------
-    ledger_url: str = Field(
-        "sqlite:///data/usage.db",
+    ledger_url: str | None = Field(
+        None,
         description="where the usage ledger and the admin audit log are written: sqlite:///PATH (WAL)"
-        " or postgresql://user:pass@host/db (several gateways)",
+        " or postgresql://user:pass@host/db (several gateways); default: sqlite:///<data_dir>/usage.db",
     )
     ledger_batch_seconds: float = Field(
         0.001,
@@ -238,6 +238,10 @@ class Settings(BaseSettings):
         if self.max_n > self.max_batch_size:
             raise ValueError(f"max_n ({self.max_n}) must not exceed max_batch_size ({self.max_batch_size})")
         return self
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.data_dir / 'usage.db'}"
 
     @property
     def resolved_model_path(self) -> Path:

@@ -32,6 +32,7 @@ into a message through ``quoted``: an error must not hand back a 200 KB model na
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -39,6 +40,8 @@ class LoragateError(Exception):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
     default_code: ClassVar[str | None] = None
+
+    headers: Mapping[str, str] = {}  # what the error's answer must also send (Retry-After, rate limits)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)

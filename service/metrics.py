@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -53,6 +53,9 @@ from starlette.types import Scope
 
 from .domain import Delta
 from .engines.base import EngineEvents
+
+if TYPE_CHECKING:
+    from .accounting import Facts
 
 UNKNOWN = "unknown"
 BASE = "base"  # the adapter label when the base model serves
@@ -201,11 +204,21 @@ class RequestMetrics:
         self._first: float | None = None  # when the first content arrived
         self._last: dict[int, float] = {}  # choice -> when its last content delta arrived
         self._queued = self._prompted = self._closed = False
+        self.prompt_tokens = self.completion_tokens = 0  # totals, for the ledger and the limits
+        self.failure: str | None = None  # the error type of a failure after the answer began
+        self.facts: Facts | None = None  # what the ledger needs besides (service/accounting.py)
         self._in_flight = metrics.in_flight_of(UNKNOWN, UNKNOWN)
         self._in_flight.inc()
 
-    def authenticated(self, tenant: str) -> None:
+    def authenticated(self, tenant: str, key_id: str | None = None) -> None:
         self._relabel((tenant, UNKNOWN, UNKNOWN))
+        if self.facts is not None:
+            self.facts.key_id = key_id
+
+    def asked(self, model: str) -> None:
+        """The model the request named (for the ledger)."""
+        if self.facts is not None:
+            self.facts.model = model
 
     def routed(self, tenant: str, department: str, adapter: str | None) -> None:
         self._relabel((tenant, department, adapter or BASE))
@@ -240,11 +253,27 @@ class RequestMetrics:
         if delta.finish_reason is not None:
             if not self._prompted:  # the choices share one prompt, counted once as in the usage
                 self._prompted = True
-                series(m.prompt_tokens).inc(delta.prompt_tokens)
+                self.prompt(delta.prompt_tokens)
+            self.completion_tokens += delta.completion_tokens
             series(m.completion_tokens).inc(delta.completion_tokens)
+
+    def prompt(self, tokens: int) -> None:
+        """Prompt tokens read (once per prompt: a completions list or embeddings have several)."""
+        self.prompt_tokens += tokens
+        self.series(self._m.prompt_tokens).inc(tokens)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._start
+
+    @property
+    def ttft_seconds(self) -> float | None:
+        """From the request's first byte to its first content (None: none came)."""
+        return None if self._first is None else self._first - self._start
 
     def fail(self, error_type: str) -> None:
         kind = error_type if _ERROR_TYPE.fullmatch(error_type) else UNKNOWN
+        self.failure = kind
         self._m.errors.labels(*self.labels, kind).inc()
 
     def close(self, status: int, error_type: str | None = None) -> None:

@@ -15,7 +15,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import accounting
+from .accounting import new_facts
 from .errors import LoragateError, RequestTooLargeError
+from .ledger.records import Route as LedgerRoute
 from .metrics import Metrics, attach
 
 log = logging.getLogger(__name__)
@@ -111,34 +114,47 @@ class GatewayMiddleware:
         headers: list[Any] = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            *((name.encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items()),
         ]
         await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
 class MetricsMiddleware:
-    """Wraps the chat route: a ``RequestMetrics`` in ``scope["state"]`` for it, and, when the
+    """Wraps each generating route: a ``RequestMetrics`` in ``scope["state"]`` for it, and, when the
     response is over (sent, failed or the client gone), its status and duration.
 
-    An error response's ``type`` is read from its envelope, whichever layer sent it.
+    It also ends the request's accounting (service/accounting.py): before the answer's last bytes
+    go out, the request's usage record is committed to the ledger; after them, its reservation
+    under the limits is settled. An error response's ``type`` is read from its envelope,
+    whichever layer sent it.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics):
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, usage: LedgerRoute):
         self.app = app
         self.metrics = metrics
+        self.usage = usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         recorder = self.metrics.request()
+        recorder.facts = new_facts(self.usage)
         attach(scope, recorder)
+        state = scope["app"].state.loragate
         status: int | None = None
+        recorded = False
         error_body = bytearray()
 
         async def send_recorded(message: Message) -> None:
-            nonlocal status
+            nonlocal status, recorded
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-            elif message["type"] == "http.response.body" and status is not None and status >= 400:
-                error_body.extend(message.get("body", b"")[: MAX_ERROR_BODY - len(error_body)])
+            elif message["type"] == "http.response.body" and status is not None:
+                if status >= 400:
+                    error_body.extend(message.get("body", b"")[: MAX_ERROR_BODY - len(error_body)])
+                if not message.get("more_body", False) and not recorded:
+                    recorded = True  # in the ledger before the client has the whole answer
+                    error = _error_type(bytes(error_body)) if status >= 400 else recorder.failure
+                    await accounting.record(state, recorder, request_id_of(scope), status, error)
             await send(message)
 
         try:
@@ -148,6 +164,10 @@ class MetricsMiddleware:
                 recorder.close(500, "internal_error")
             else:
                 recorder.close(status, _error_type(bytes(error_body)) if status >= 400 else None)
+            if not recorded:  # the answer never ended: the server failed (500), or the client left (499)
+                code, error = (500, "internal_error") if status is None else (499, "client_disconnected")
+                accounting.record_nowait(state, recorder, request_id_of(scope), code, error)
+            await accounting.settle(recorder)
 
 
 def _error_type(body: bytes) -> str:

@@ -11,6 +11,8 @@ from .completions import CompletionService
 from .config import Settings
 from .embeddings import EmbeddingService
 from .engines.base import Engine
+from .ledger import Ledger
+from .limits import Limiter
 from .metrics import Metrics
 from .registry import Registry
 from .serving import ChatService
@@ -28,6 +30,9 @@ class AppState:
     embeddings: EmbeddingService  # /v1/embeddings
     metrics: Metrics
     created: int  # when this server started, for /v1/models
+    limiter: Limiter  # rate limits and token budgets (service/limits/)
+    ledger: Ledger  # one usage record per request, and the admin audit log (service/ledger/)
+    engine_kind: str  # "local" or "vllm", as the ledger and build_info name it
 
 
 async def get_state(request: Request) -> AppState:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,14 +27,18 @@ from testkit.tiny_llama import write_tiny_llama
 API_KEY = "sk-test-0123456789abcdef"
 TINY_MODEL = "tiny-llama"
 SMOLLM2_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "smollm2-135m-instruct"
+# Every gateway a test starts writes its usage ledger here, not into the repository's data/.
+TEST_LEDGER_URL = f"sqlite:///{tempfile.mkdtemp(prefix='loragate-test-ledger-')}/usage.db"
+os.environ["LORAGATE_LEDGER_URL"] = TEST_LEDGER_URL  # for the servers that session fixtures start
 
 
 @pytest.fixture(autouse=True)
 def no_loragate_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests see no LORAGATE_* variables from the shell that runs them."""
+    """Tests see no LORAGATE_* variables from the shell that runs them (but the test ledger's)."""
     for name in list(os.environ):
         if name.upper().startswith("LORAGATE_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("LORAGATE_LEDGER_URL", TEST_LEDGER_URL)
 
 
 @pytest.fixture(scope="session")

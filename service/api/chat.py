@@ -6,6 +6,7 @@ the answer from the chat service (``service/serving.py``).
 
 from __future__ import annotations
 
+from ..accounting import admit, estimate, served
 from ..protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from .pipeline import Answer, ApiRoute, Call
 
@@ -14,13 +15,19 @@ CHAT_PATH = "/v1/chat/completions"
 
 async def create_chat_completion(call: Call, body: ChatCompletionRequest) -> Answer:
     state, metrics = call.state, call.metrics
-    assert metrics is not None  # the route is measured
+    assert metrics is not None  # a generating route: measured
     department = call.headers.get(state.settings.department_header)
     plan = await state.chat.planner.plan(body, call.principal, department, call.request_id, metrics)
+    served(metrics, plan)
+    request = plan.request
+    chars = sum(len(m.content) for m in request.messages) + len(str(request.tools) if request.tools else "")
+    headers = plan.headers() | await admit(
+        call, plan.route, estimate(chars, request.sampling.max_tokens, request.n)
+    )
     if body.stream:
-        return Answer(events=await state.chat.open_stream(plan, body, metrics), headers=plan.headers())
+        return Answer(events=await state.chat.open_stream(plan, body, metrics), headers=headers)
     completion = await state.chat.complete(plan, body, metrics)
-    return Answer(json=completion.model_dump(mode="json"), headers=plan.headers())
+    return Answer(json=completion.model_dump(mode="json"), headers=headers)
 
 
 ROUTE = ApiRoute(
@@ -30,7 +37,7 @@ ROUTE = ApiRoute(
     request=ChatCompletionRequest,
     response=ChatCompletion,
     stream=ChatCompletionChunk,
-    measured=True,
+    usage="chat",
     summary="Create Chat Completion",
     tag="chat",
 )

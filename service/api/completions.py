@@ -5,6 +5,7 @@ The legacy completions API; the work is in ``service/completions.py``.
 
 from __future__ import annotations
 
+from ..accounting import admit, estimate, served
 from ..protocol_completions import Completion, CompletionChunk, CompletionRequest
 from .pipeline import Answer, ApiRoute, Call
 
@@ -13,12 +14,16 @@ COMPLETIONS_PATH = "/v1/completions"
 
 async def create_completion(call: Call, body: CompletionRequest) -> Answer:
     state, metrics = call.state, call.metrics
-    assert metrics is not None  # the route is measured
+    assert metrics is not None  # a generating route: measured
     department = call.headers.get(state.settings.department_header)
     plan = await state.completions.plan(body, call.principal, department, call.request_id, metrics)
+    first = plan.plans[0]
+    served(metrics, first)
+    tokens = estimate(sum(len(p) for p in plan.prompts), first.request.sampling.max_tokens, plan.choices)
+    headers = plan.headers() | await admit(call, first.route, tokens)
     if body.stream:
-        return Answer(events=await state.completions.open_stream(plan, metrics), headers=plan.headers())
-    return Answer(json=await state.completions.complete(plan, metrics), headers=plan.headers())
+        return Answer(events=await state.completions.open_stream(plan, metrics), headers=headers)
+    return Answer(json=await state.completions.complete(plan, metrics), headers=headers)
 
 
 ROUTE = ApiRoute(
@@ -28,7 +33,7 @@ ROUTE = ApiRoute(
     request=CompletionRequest,
     response=Completion,
     stream=CompletionChunk,
-    measured=True,
+    usage="completions",
     summary="Create Completion",
     tag="completions",
 )

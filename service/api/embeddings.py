@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..accounting import admit, estimate
 from ..protocol_completions import EmbeddingList, EmbeddingRequest
 from .pipeline import Answer, ApiRoute, Call
 
@@ -10,9 +11,11 @@ EMBEDDINGS_PATH = "/v1/embeddings"
 
 async def create_embedding(call: Call, body: EmbeddingRequest) -> Answer:
     state, metrics = call.state, call.metrics
-    assert metrics is not None  # the route is measured
+    assert metrics is not None  # a generating route: measured
     department = call.headers.get(state.settings.department_header)
-    return Answer(json=await state.embeddings.create(body, call.principal, department, metrics))
+    route = state.embeddings.route(call.principal, department, metrics)
+    limits = await admit(call, route, estimate(len(str(body.input)), 0, 1))  # str(): any of input's forms
+    return Answer(json=await state.embeddings.create(body, metrics), headers=limits)
 
 
 ROUTE = ApiRoute(
@@ -21,7 +24,7 @@ ROUTE = ApiRoute(
     create_embedding,
     request=EmbeddingRequest,
     response=EmbeddingList,
-    measured=True,
+    usage="embeddings",
     summary="Create Embeddings",
     tag="embeddings",
 )

@@ -9,8 +9,8 @@ described from this route table and the protocol models (``describe``).
 
 A request, in order:
 
-1. ``MetricsMiddleware``, for routes with ``measured`` set (chat): the request's metrics and the
-   status that went out, whichever layer sent it.
+1. ``MetricsMiddleware``, for generating routes (``usage`` set): the request's metrics and the
+   status that went out, whichever layer sent it; its usage record and its limits' settlement.
 2. ``GatewayMiddleware``: request id, body limit, any ``LoragateError`` as the OpenAI envelope.
 3. ``Endpoint``: the method (405), the caller's key (401), the body into the route's request
    model (400); then the route's handler, which returns an :class:`Answer` (JSON or SSE).
@@ -33,6 +33,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ClientDisconnected, InvalidRequestError, MethodNotAllowedError, NotFoundError, quoted
+from ..ledger.records import Route as LedgerRoute
 from ..metrics import Metrics, RequestMetrics, recorder_of
 from ..middleware import GatewayMiddleware, MetricsMiddleware, request_id_of
 from ..sse import DONE
@@ -86,7 +87,9 @@ class ApiRoute:
     response: type[BaseModel]
     request: type[BaseModel] | None = None  # None: no body is read
     stream: type[BaseModel] | None = None  # the SSE event, when the request may ask for a stream
-    measured: bool = False  # counted in the request metrics (the chat families)
+    # A generating route: measured in the request metrics, under the limits, in the usage ledger
+    # (service/accounting.py), under this name.
+    usage: LedgerRoute | None = None
     summary: str = ""
     tag: str = ""
 
@@ -104,14 +107,14 @@ class Endpoint:
             allowed = " or ".join(sorted(self.routes))
             raise MethodNotAllowedError(f"{self.path} takes {allowed} requests only.")
         state: AppState = scope["app"].state.loragate
-        metrics = recorder_of(scope) if route.measured else None
+        metrics = recorder_of(scope) if route.usage else None
         headers = Headers(scope=scope)
         principal = state.tenancy.authenticate(headers.get("authorization"))
         if metrics is not None:
-            metrics.authenticated(principal.tenant.name)
-        body = None
-        if route.request is not None:  # after authentication: a bad key is a 401 whatever the body
-            body = parse_body(route.request, await read_body(receive))
+            metrics.authenticated(principal.tenant.name, principal.key_id)
+        body = await _body(
+            route, receive, metrics
+        )  # after authentication: a bad key is a 401 whatever the body
         call = Call(scope, state, principal, headers, metrics)
         started = False
 
@@ -134,6 +137,15 @@ class Endpoint:
                 raise
 
 
+async def _body(route: ApiRoute, receive: Receive, metrics: RequestMetrics | None) -> Any:
+    if route.request is None:
+        return None
+    body = parse_body(route.request, await read_body(receive))
+    if metrics is not None:
+        metrics.asked(getattr(body, "model", ""))
+    return body
+
+
 class ApiRouter:
     """The ``/v1`` paths, each with its own stack (metrics, where measured, around the gateway's checks).
 
@@ -150,8 +162,9 @@ class ApiRouter:
         self.stacks: dict[str, ASGIApp] = {}
         for path, group in by_path.items():
             stack: ASGIApp = GatewayMiddleware(Endpoint(path, group), max_body_bytes=max_body_bytes)
-            if any(route.measured for route in group):
-                stack = MetricsMiddleware(stack, metrics=metrics)  # outermost: it sees every status
+            usage = next((route.usage for route in group if route.usage), None)
+            if usage is not None:  # outermost: it sees every status
+                stack = MetricsMiddleware(stack, metrics=metrics, usage=usage)
             self.stacks[path] = stack
         # "/v1/models/{model}" -> ("/v1/models/", "model", its stack), out of the exact paths
         self.templated: list[tuple[str, str, ASGIApp]] = []

@@ -134,7 +134,7 @@ class Meter:
     def __call__(self, p: int, delta: Delta) -> None:
         if delta.finish_reason is not None and p not in self.counted:
             if self.counted:
-                self.metrics.series(self.telemetry.prompt_tokens).inc(delta.prompt_tokens)
+                self.metrics.prompt(delta.prompt_tokens)
             self.counted.add(p)
         self.metrics.delta(replace(delta, index=p * self.n + delta.index) if p else delta)
 

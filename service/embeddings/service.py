@@ -10,7 +10,7 @@ from ..config import Settings
 from ..errors import InvalidRequestError, ModelNotFoundError, quoted
 from ..metrics import Metrics, RequestMetrics
 from ..protocol_completions import MAX_EMBEDDING_INPUTS, EmbeddingRequest
-from ..tenancy import Principal, Tenancy
+from ..tenancy import Principal, Route, Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,14 @@ class EmbeddingService:
         if self.embedder is not None:
             await self.embedder.close()
 
-    async def create(
-        self, body: EmbeddingRequest, principal: Principal, department: str | None, metrics: RequestMetrics
-    ) -> dict[str, Any]:
-        # The department only labels the metrics, as on the other routes (an unknown one is 404 here too).
+    def route(self, principal: Principal, department: str | None, metrics: RequestMetrics) -> Route:
+        """The department labels the metrics and chooses the limits, as on the other routes (an
+        unknown one is 404 here too)."""
         route = self.tenancy.route(principal, department, self.tenancy.base_model)
         metrics.routed(route.tenant.name, route.department.name, EMBEDDING_ADAPTER_LABEL)
+        return route
+
+    async def create(self, body: EmbeddingRequest, metrics: RequestMetrics) -> dict[str, Any]:
         embedder = self.embedder
         if embedder is None:
             raise ModelNotFoundError(NOT_CONFIGURED, param="model")
@@ -103,7 +105,7 @@ class EmbeddingService:
         usage = answer.get("usage")
         tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         if isinstance(tokens, int) and tokens > 0:
-            metrics.series(self.telemetry.prompt_tokens).inc(tokens)
+            metrics.prompt(tokens)
         return answer
 
 
