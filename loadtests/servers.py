@@ -16,12 +16,16 @@ import httpx
 
 from loadtests.common import FLOOR, MODEL, Target
 
+# Limits on the tenant and its departments, far above what a bench sends: every request pays for
+# admission and settlement (service/accounting.py) as a deployment with limits does, none is refused.
 TENANTS = """
 tenants:
   acme:
     default_department: plain
+    limits: {requests_per_minute: 100000000, tokens_per_minute: 1000000000000, tokens_per_day: 1000000000000}
     departments:
-      plain: {}
+      plain:
+        limits: {requests_per_minute: 100000000, concurrent_requests: 100000}
       it: {adapter: acme-it}
       legal: {adapter: acme-legal}
 """
