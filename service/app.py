@@ -16,13 +16,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
+from .admin import routes as admin
+from .admin.auth import scrape_key
+from .admission import Admission
 from .api import chat, completions, embeddings, health, metrics, models
 from .api.openapi import describe
 from .api.pipeline import ApiRouter, first_problem
@@ -129,12 +132,18 @@ class LoragateApp(FastAPI):
     """FastAPI, but every ``/v1`` request goes to the API pipeline, ahead of the framework's layers.
 
     ``/v1`` is the gateway's hot path (``service/api/pipeline.py`` says why). FastAPI serves the
-    operational routes (``/health``, ``/ready``, ``/metrics``) and the docs.
+    operational routes (``/health``, ``/ready``, ``/metrics``), the admin API and the docs.
     """
 
-    def __init__(self, api: ApiRouter, **options: Any):
+    def __init__(self, api: ApiRouter, admission: Admission, **options: Any):
         super().__init__(**options)
         self.api = api
+        self.admission = admission
+
+    def drain(self) -> None:
+        """The server begins to shut down: no new generating requests, and ``shutdown_grace`` for
+        those in flight (``service/admission.py``). ``loragate serve``'s server calls it."""
+        self.admission.drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/", len(scope.get("root_path", ""))):
@@ -183,6 +192,7 @@ def create_app(
                 open_ledger, settings.resolved_ledger_url, batch_seconds=settings.ledger_batch_seconds
             ),
             engine_kind=engine_kind(engine),
+            admission=admission,
         )
         await engine.start()
         await app.state.loragate.embeddings.start()  # a local embedding model loads in the background
@@ -198,8 +208,10 @@ def create_app(
             gpu.close()
 
     api = ApiRouter(API_ROUTES, max_body_bytes=settings.max_request_bytes, metrics=telemetry)
+    admission = Admission.from_settings(settings)
     app = LoragateApp(
         api,
+        admission,
         title="loragate",
         version=__version__,
         summary="OpenAI-compatible gateway for LoRA-customised models",
@@ -207,8 +219,11 @@ def create_app(
     )
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
     _install_error_handlers(app)
+    scrape_guard = [Depends(scrape_key)] if settings.metrics_auth else []  # /ready and /metrics want a key
     for router in (health.router, metrics.router):
-        app.include_router(router)
+        app.include_router(router, dependencies=scrape_guard)
+    if settings.admin_api_key is not None:  # else every /admin path is a 404
+        app.include_router(admin.router)
     generated = app.openapi
     app.openapi = lambda: describe(generated(), api.routes)  # type: ignore[method-assign]  # FastAPI documents it as overridable
     return app

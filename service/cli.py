@@ -2,7 +2,7 @@
 
     loragate serve [--config FILE] [--port 8000] ...   start the gateway
     loragate prepare-model                             convert the packaged model once
-    loragate keys create --tenant T [--department D]   a new API key, printed once
+    loragate keys create --tenant T [--department D]   a new API key, printed once (audited)
     loragate keys revoke KEY_ID                        the key stops working on the next request
     loragate keys list                                 ids, tenants, departments; never keys
     loragate adapters list|publish|promote|rollback    the adapter registry
@@ -25,15 +25,16 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_registry import add_adapter_commands, run_adapters
+from .cli_registry import add_adapter_commands, add_ledger_option, run_adapters
 from .cli_usage import add_usage_commands, run_usage
 from .config import Settings, SettingsError, load_settings
 
 if typing.TYPE_CHECKING:
     from .keys import KeyStore
 
-_SECRET_FIELDS = {"api_key"}  # not on the command line: it would show in `ps`
+_SECRET_FIELDS = {"api_key", "admin_api_key"}  # not on the command line: they would show in `ps`
 TRAIN_HELP = "the adapter factory: sft, reward, rl, dpo, rlaif, eval, publish"
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
 
 
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +105,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from .app import create_app
-    from .http_server import fit_file_limit, server_options
+    from .http_server import GatewayServer, fit_file_limit, server_options
     from .model_store import prepare_model
 
     logging.basicConfig(
@@ -130,14 +131,19 @@ def serve(settings: Settings) -> None:
     # Above info, uvicorn would still format every access line's fields only to drop the line.
     access_log = settings.log_level in ("debug", "info")
     fit_file_limit(settings.max_connections)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=access_log,
-        **server_options(settings),  # the HTTP protocol, its timeouts and the connection cap
+        **server_options(settings),  # the HTTP protocol, its timeouts, the connection cap, the shutdown
     )
+    server = GatewayServer(config, drain=app.drain)  # SIGTERM: drain, then stop (docs/operations.md)
+    server.run()
+    if not server.started:  # as uvicorn.run: the port was taken, or the app failed to start
+        sys.exit(STARTUP_FAILURE)
 
 
 def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -150,6 +156,13 @@ def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     create = actions.add_parser("create", help="a new key for a tenant, printed once")
     create.add_argument("--tenant", required=True, help="a tenant of the tenants file")
     create.add_argument("--department", help="pin the key to this department of the tenant")
+    create.add_argument(
+        "--limit",
+        dest="limits",
+        action="append",
+        metavar="NAME=VALUE",
+        help="the key's own limit, e.g. requests_per_minute=60 (repeat it; see docs/limits.md)",
+    )
     revoke = actions.add_parser("revoke", help="the key stops working on the next request")
     revoke.add_argument("key_id", help="the key's id, as `keys list` shows it")
     listing = actions.add_parser("list", help="ids, tenants, departments and status; never keys")
@@ -163,33 +176,60 @@ def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
                 metavar=name.upper(),
                 help=f"{field.description} (default: {field.default}; env LORAGATE_{name.upper()})",
             )
+    for action in (create, revoke):
+        add_ledger_option(action)
 
 
 def run_keys(args: argparse.Namespace) -> int:
+    """The operations of ``/admin/v1/keys`` (``service/admin/operations.py``), audited as ``cli:<user>``."""
+    from .admin import operations
+    from .admin.audit import record_from_cli
     from .errors import LoragateError
     from .keys import KeyStore, KeyStoreError
+    from .limits import Limits
     from .tenancy import TenantDirectory, TenantsFileError
 
     settings = _settings(args)
     try:
         store = KeyStore(settings.keys_file, TenantDirectory(settings.tenants_file, settings.model_name))
         if args.keys_command == "create":
-            key_id, key = store.create(args.tenant, args.department)
+            limits = Limits.parse(_limit_options(args.limits)) if args.limits else None
+            created = operations.create_key(store, args.tenant, args.department, limits)
+            key_id, change = created.value.record.key_id, created.change
             scope = f"tenant {args.tenant}" + (f", department {args.department}" if args.department else "")
             print(f"Created API key {key_id} for {scope}.")
-            print(f"The key is shown only this once; keep it somewhere safe:\n  {key}")
+            print(f"The key is shown only this once; keep it somewhere safe:\n  {created.value.key}")
         elif args.keys_command == "revoke":
-            record = store.revoke(args.key_id)
+            revoked = operations.revoke_key(store, args.key_id)
+            record, change = revoked.value, revoked.change
             print(f"Revoked API key {record.key_id} (tenant {record.tenant}).")
         else:
             _print_keys(store, settings.keys_file)
+            return 0
     except (TenantsFileError, KeyStoreError) as exc:
         print(f"loragate: {exc}", file=sys.stderr)
         return 2
     except LoragateError as exc:
         print(f"loragate: {exc.message}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a --limit that is not a limit
+        print(f"loragate: invalid --limit: {exc}", file=sys.stderr)
+        return 2
+    warning = record_from_cli(settings, change)
+    if warning:
+        print(f"loragate: warning: done, but not in the audit log: {warning}", file=sys.stderr)
     return 0
+
+
+def _limit_options(options: list[str]) -> dict[str, str]:
+    """``["requests_per_minute=60", ...]`` -> a ``limits`` mapping (``Limits.parse`` checks it)."""
+    limits = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep:
+            raise ValueError(f"{option!r} is not NAME=VALUE")
+        limits[name.strip()] = value.strip()
+    return limits
 
 
 def _print_keys(store: KeyStore, path: Path) -> None:

@@ -6,16 +6,19 @@
     loragate adapters rollback ALIAS
 
 Promote and rollback rewrite the aliases file; running gateways see the change
-on their next request.
+on their next request. Publish, promote and rollback run the admin API's operations
+(``service/admin/operations.py``) and write an audit entry (actor ``cli:<user>``) into the
+ledger database when it can be reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .config import Settings
-from .registry import AdapterRejected, Registry
+from .registry import Registry
 
 
 def add_adapter_commands(
@@ -36,24 +39,50 @@ def add_adapter_commands(
     for verb in verbs.choices.values():
         verb.add_argument("--config", type=Path, help="YAML settings file (env LORAGATE_CONFIG)")
         verb.add_argument("--registry-dir", dest="registry_dir", metavar="DIR", help="default: data/registry")
+    for verb in (publish, promote, rollback):
+        add_ledger_option(verb)
     return parser
 
 
+def add_ledger_option(parser: argparse.ArgumentParser) -> None:
+    """``--ledger-url``: where a command that changes something writes its audit entry."""
+    parser.add_argument(
+        "--ledger-url",
+        dest="ledger_url",
+        metavar="URL",
+        help="the ledger database whose audit log records the change (default: the gateway's,"
+        " sqlite:///<data_dir>/usage.db; env LORAGATE_LEDGER_URL)",
+    )
+
+
 def run_adapters(args: argparse.Namespace, settings: Settings) -> int:
+    from .admin import operations
+    from .admin.audit import record_from_cli
+    from .errors import LoragateError
+
     registry = Registry.from_settings(settings)
     try:
         if args.verb == "list":
             _print_listing(registry)
-        elif args.verb == "publish":
-            adapter = registry.publish(args.folder, name=args.name, level=args.level)
-            print(f"published {adapter.ref} (sha256 {adapter.manifest.sha256[:12]}...)")
+            return 0
+        if args.verb == "publish":
+            published = operations.publish_adapter(registry, args.folder.resolve(), args.name, args.level)
+            change, manifest = published.change, published.value.manifest
+            print(f"published {manifest.ref} (sha256 {manifest.sha256[:12]}...)")
         elif args.verb == "promote":
-            print(f"{args.alias} -> {registry.promote(args.alias, args.ref)}")
-        elif args.verb == "rollback":
-            print(f"{args.alias} -> {registry.rollback(args.alias)}")
-    except AdapterRejected as exc:
-        print(f"loragate: {exc.message}")
+            promoted = operations.promote_adapter(registry, args.alias, args.ref)
+            change = promoted.change
+            print(f"{args.alias} -> {promoted.value}")
+        else:
+            rolled_back = operations.rollback_adapter(registry, args.alias)
+            change = rolled_back.change
+            print(f"{args.alias} -> {rolled_back.value}")
+    except LoragateError as exc:
+        print(f"loragate: {exc.message}", file=sys.stderr)
         return 1
+    warning = record_from_cli(settings, change)
+    if warning:
+        print(f"loragate: warning: done, but not in the audit log: {warning}", file=sys.stderr)
     return 0
 
 

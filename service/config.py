@@ -186,6 +186,35 @@ class Settings(BaseSettings):
         " writer commits at once); every answer waits for its record's commit",
     )
 
+    # -- administration (service/admin/) ---------------------------------------------------------
+    admin_api_key: SecretStr | None = Field(
+        None,
+        description="the key of /admin/v1 (distinct from every tenant key; tenant keys get 403 there);"
+        " none: the admin API answers 404",
+    )
+    metrics_auth: bool = Field(
+        False, description="/metrics and /ready require a Bearer key (the admin key or a tenant key)"
+    )
+    # -- holding under load (backpressure, deadlines, shutdown) ------------------------------------
+    max_queued_requests: int = Field(
+        256,
+        ge=1,
+        description="generating requests admitted beyond what the engine runs at once; more: a fast 429"
+        " (503 while draining) instead of an unbounded queue",
+    )
+    request_timeout: float = Field(
+        600.0, gt=0, description="seconds a whole generating request may take; then 504 or an error event"
+    )
+    first_token_timeout: float = Field(
+        120.0, gt=0, description="seconds until a request's first token; then 504 and the work is aborted"
+    )
+    shutdown_grace: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM: seconds in-flight answers may take to finish before they are ended"
+        " with an error event and [DONE]",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -225,6 +254,23 @@ class Settings(BaseSettings):
                     "production needs LORAGATE_API_KEY set to a random key of at least "
                     f"{MIN_PRODUCTION_KEY_LENGTH} characters (a default or short key is refused)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _admin_key_of_its_own(self) -> Settings:
+        """A tenant key must not administer; in production the admin key is as strong as the API key."""
+        if self.admin_api_key is None:
+            return self
+        admin = self.admin_api_key.get_secret_value()
+        if self.api_key is not None and admin == self.api_key.get_secret_value():
+            raise ValueError("admin_api_key must differ from api_key (a tenant key must not administer)")
+        if self.environment == "production" and (
+            admin.lower() in INSECURE_KEYS or len(admin) < MIN_PRODUCTION_KEY_LENGTH
+        ):
+            raise ValueError(
+                "production needs LORAGATE_ADMIN_API_KEY to be a random key of at least "
+                f"{MIN_PRODUCTION_KEY_LENGTH} characters (a default or short key is refused)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -17,10 +17,13 @@ raises the matching exception class::
     ├── RequestTimeoutError      408  APIStatusError (the SDK retries it)
     ├── RequestTooLargeError     413  APIStatusError
     ├── RateLimitError           429  RateLimitError
+    │   └── OverloadedError      429  RateLimitError (code server_overloaded: the engine's queue is full)
     ├── HeadersTooLargeError     431  APIStatusError
     ├── ClientDisconnected       499  (never sent: the client is gone; for logs and metrics)
     ├── UpstreamError            502  InternalServerError (a vLLM replica failed the request)
-    └── EngineUnavailableError   503  InternalServerError
+    ├── EngineUnavailableError   503  InternalServerError
+    │   └── ShuttingDownError    503  InternalServerError (code server_shutting_down: draining)
+    └── GatewayTimeoutError      504  InternalServerError (code timeout: a deadline passed)
 
 Every error that becomes an HTTP answer is defined here. Domain code below the API raises
 these, or its own exceptions that the layer calling it maps here (as the planner does with
@@ -145,6 +148,35 @@ class EngineUnavailableError(LoragateError):
     status_code = 503
     error_type = "service_unavailable"
     default_code = "engine_not_ready"
+
+
+RETRY_SOON = {"retry-after": "1"}  # seconds: another replica, or this one once its queue has room
+
+
+class OverloadedError(RateLimitError):
+    """The engine already holds all the generating requests it may (what it runs at once plus
+    ``max_queued_requests``): a fast 429 instead of a place in an unbounded queue."""
+
+    error_type = "overloaded_error"
+    default_code = "server_overloaded"
+    headers = RETRY_SOON
+
+
+class ShuttingDownError(EngineUnavailableError):
+    """The gateway is draining for shutdown: new generating requests are refused, and answers still
+    running when ``shutdown_grace`` ends are ended with this error."""
+
+    default_code = "server_shutting_down"
+    headers = RETRY_SOON
+
+
+class GatewayTimeoutError(LoragateError):
+    """No first token within ``first_token_timeout``, or no complete answer within ``request_timeout``;
+    the engine's work was aborted (504)."""
+
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "timeout"
 
 
 def error_envelope(

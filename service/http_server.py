@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import re
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -485,7 +486,34 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # uvicorn refuses a request once the open connections, its own included, reach the limit.
         "limit_concurrency": settings.max_connections + 1,
         "timeout_keep_alive": settings.keep_alive_timeout,
+        # A backstop: the app itself ends the answers still running after shutdown_grace (GatewayServer).
+        "timeout_graceful_shutdown": settings.shutdown_grace + SHUTDOWN_MARGIN,
     }
+
+
+SHUTDOWN_MARGIN = 5.0  # seconds past shutdown_grace before uvicorn cancels what is left, unanswered
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, telling the app (``drain``) when it begins to shut down (SIGTERM, SIGINT).
+
+    What a shutdown then does, in order: the app stops admitting generating requests (503) and
+    ``/ready`` answers 503 (``service/admission.py``); uvicorn closes the listening socket (new
+    connections are refused) and the idle connections, and lets each connection with a request in
+    flight finish that answer and close (a request pipelined behind it is answered first: 503 if
+    it is a generating one); ``shutdown_grace`` after the start, the app ends the answers still
+    running (503, or an error event and ``[DONE]``). When the connections are closed (at the latest
+    ``SHUTDOWN_MARGIN`` later, when uvicorn cancels what is left), the lifespan's shutdown closes
+    the engine, then the ledger. ``tests/api/test_graceful_shutdown.py`` checks it on a real process.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], None]):
+        super().__init__(config)
+        self.begin_drain = drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.begin_drain()
+        await super().shutdown(sockets)
 
 
 FILE_HEADROOM = 256  # open files besides client connections: model and adapter files, upstreams, logs

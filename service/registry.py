@@ -252,6 +252,10 @@ class Registry:
         """alias -> "name@version", re-read when the file changed."""
         return {alias: entry["current"] for alias, entry in self._aliases.current().items()}
 
+    def history(self, alias: str) -> list[str]:
+        """The earlier targets of ``alias``, oldest first: what ``rollback`` steps back through."""
+        return [str(ref) for ref in self._aliases.current().get(alias, {}).get("history", [])]
+
     def _load_aliases(self) -> dict[str, dict[str, Any]]:
         try:
             aliases: dict[str, dict[str, Any]] = json.loads(self._aliases_file.read_text())["aliases"]

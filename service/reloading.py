@@ -95,6 +95,10 @@ class FileWatch(Generic[T]):
             return value
         return self._reload()
 
+    def last(self) -> T:
+        """The value in force, without looking at the file (what served before a reload)."""
+        return self._state[1]
+
     def _reload(self) -> T:
         with self._lock:  # one thread loads; the others wait for its value
             now = signature(self.path)  # before reading: a change during the read is seen next time

@@ -12,10 +12,11 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
+from .admission import first_delta
 from .choices import ChoiceBuilder, chunk_of
-from .domain import Delta
+from .domain import Delta, TokenLogprob
 from .engines.base import Engine
-from .errors import LoragateError
+from .errors import EngineFailure, LoragateError
 from .metrics import RequestMetrics
 from .planning import Plan, Planner
 from .protocol import ChatCompletion, ChatCompletionRequest, Usage, new_completion_id
@@ -43,13 +44,15 @@ class ChatService:
         request = plan.request
         choices = [ChoiceBuilder(i, request.sampling.logprobs) for i in range(request.n)]
         prompt_tokens = completion_tokens = 0
-        async with aclosing(self._deltas(plan)) as deltas:
-            async for delta in deltas:
+        async with aclosing(self._deltas(plan)) as deltas:  # closing it aborts the engine's work
+            delta = await first_delta(deltas, self.planner.settings.first_token_timeout)
+            while delta is not None:
                 metrics.delta(delta)
                 choices[delta.index].add(delta)
                 if delta.finish_reason is not None:
                     prompt_tokens = delta.prompt_tokens
                     completion_tokens += delta.completion_tokens
+                delta = await anext(deltas, None)
         return ChatCompletion(
             id=new_completion_id(),
             model=body.model,
@@ -64,10 +67,13 @@ class ChatService:
     async def open_stream(
         self, plan: Plan, body: ChatCompletionRequest, metrics: RequestMetrics
     ) -> AsyncGenerator[str, None]:
-        """Start generating; errors up to the first token raise here (a real HTTP error)."""
+        """Start generating; errors up to the first token raise here (a real HTTP error), as does
+        ``first_token_timeout`` (504)."""
         deltas = self._deltas(plan)
         try:
-            first = await anext(deltas)
+            first = await first_delta(deltas, self.planner.settings.first_token_timeout)
+            if first is None:
+                raise EngineFailure("The engine ended the answer before its first token.")
         except BaseException:
             await deltas.aclose()
             raise
@@ -127,12 +133,43 @@ class ChatService:
 
 
 async def _without_reasoning(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
-    """Hidden chain of thought: each choice's text before the answer marker never leaves."""
+    """Hidden chain of thought: each choice's text before the answer marker never leaves, nor do
+    the logprob entries of its tokens (their ``token`` fields would spell the reasoning out).
+
+    Entries of the held text are held with it: if the marker never comes, the text goes out at
+    the finish (``HiddenReasoning``'s fallback) and so do they.
+    """
     filters: dict[int, HiddenReasoning] = {}
+    held: dict[int, list[TokenLogprob]] = {}  # entries of the text held before the marker
     async with aclosing(deltas):
         async for delta in deltas:
             hidden = filters.setdefault(delta.index, HiddenReasoning())
+            answered = hidden.answered
             text = hidden.feed(delta.text)
-            if delta.finish_reason is not None:
+            logprobs = delta.logprobs
+            if logprobs is not None:
+                if not hidden.answered:
+                    held.setdefault(delta.index, []).extend(logprobs)
+                    logprobs = []
+                elif not answered:  # the marker ended in this delta: only the answer's tokens
+                    held.pop(delta.index, None)
+                    logprobs = _entries_of(logprobs, text)
+                elif delta.text and not text:  # whitespace after the marker, dropped with its tokens
+                    logprobs = []
+            if delta.finish_reason is not None and not hidden.answered:
                 text += hidden.finish()
-            yield replace(delta, text=text)
+                if logprobs is not None:
+                    logprobs = held.pop(delta.index, [])
+            yield replace(delta, text=text, logprobs=logprobs)
+
+
+def _entries_of(entries: list[TokenLogprob], text: str) -> list[TokenLogprob]:
+    """The last of ``entries`` whose tokens make up ``text``, the end of their text (by length)."""
+    if not text:
+        return []
+    covered = 0
+    for count, entry in enumerate(reversed(entries), start=1):
+        covered += len(entry.token)
+        if covered >= len(text):
+            return entries[-count:]
+    return entries

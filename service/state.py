@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .admission import Admission
 from .completions import CompletionService
 from .config import Settings
 from .embeddings import EmbeddingService
@@ -33,6 +34,7 @@ class AppState:
     limiter: Limiter  # rate limits and token budgets (service/limits/)
     ledger: Ledger  # one usage record per request, and the admin audit log (service/ledger/)
     engine_kind: str  # "local" or "vllm", as the ledger and build_info name it
+    admission: Admission  # backpressure, deadlines and the drain (service/admission.py)
 
 
 async def get_state(request: Request) -> AppState:

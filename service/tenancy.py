@@ -248,23 +248,52 @@ class TenantDirectory:
     def _loaded(self, snapshot: _Snapshot) -> None:
         log.info("tenants file %s reloaded (%d tenants)", self.path, len(snapshot.tenants))
 
+    def reload(self) -> tuple[list[Tenant], list[Tenant]]:
+        """Read the file now (the admin API's reload): the tenants in force before and after.
+
+        A version that cannot be used raises ``TenantsFileError`` naming its problems, and the
+        previous version stays in force, as when a request notices the edit.
+        """
+        if self._file is None:
+            raise TenantsFileError("single-tenant mode: there is no tenants file to reload")
+        before = self._file.last()
+        self._load()  # a broken file raises here, for the caller; the watch below would only log it
+        after = self._file.current()
+        return _sorted(before), _sorted(after)
+
     def _load(self) -> _Snapshot:
         assert self.path is not None
         try:
-            data = yaml.safe_load(self.path.read_text())
+            text = self.path.read_text()
         except OSError as exc:
             raise TenantsFileError(f"{self.path}: cannot read the tenants file ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise TenantsFileError(f"{self.path}: not valid YAML: {exc}") from None
-        try:
-            spec = TenantsFile.model_validate(data, context={"base_model": self.base_model})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
-            )
-            raise TenantsFileError(f"{self.path}: {problems}") from None
-        return _Snapshot.of(_tenant(name, t) for name, t in spec.tenants.items())
+        return _Snapshot.of(parse_tenants(text, self.base_model, self.path))
+
+
+def _sorted(snapshot: _Snapshot) -> list[Tenant]:
+    return sorted(snapshot.tenants.values(), key=lambda t: t.name)
+
+
+def parse_tenants(text: str, base_model: str, source: object) -> list[Tenant]:
+    """The tenants a tenants file's ``text`` declares; ``TenantsFileError`` names ``source`` and the problems.
+
+    What the directory loads, and what the admin API validates without applying.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TenantsFileError(f"{source}: not valid YAML: {exc}") from None
+    except Exception as exc:  # nested too deep for the parser, ...
+        raise TenantsFileError(f"{source}: not valid YAML ({type(exc).__name__})") from None
+    try:
+        spec = TenantsFile.model_validate(data, context={"base_model": base_model})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise TenantsFileError(f"{source}: {problems}") from None
+    return [_tenant(name, t) for name, t in spec.tenants.items()]
 
 
 def _department_denied(name: str) -> PermissionDeniedError:

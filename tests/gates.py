@@ -21,6 +21,7 @@ from service.engines.local.scheduler import Scheduler
 from tests.engines.helpers import Choice, drain
 
 if TYPE_CHECKING:
+    from service.engines.local.rows import Job
     from service.engines.local.scheduler import _Row
 
 POLL_SECONDS = 0.01  # how often a held step looks for cancelled jobs (a plain flag, set from the event loop)
@@ -56,6 +57,13 @@ class GatedScheduler(Scheduler):
         super()._drop_cancelled()
         kept = {id(row) for row in self._rows}
         self.aborted.update(row.job.request.request_id for row in before if id(row) not in kept)
+
+    def _take_waiting(self) -> list[Job]:
+        """Queued jobs cancelled before they ran (a first-token deadline, a client that left) count as
+        aborted too: the turn after the gate opens drops them unrun."""
+        with self._wake:
+            self.aborted.update(job.request.request_id for job in self._waiting if job.cancelled)
+        return super()._take_waiting()
 
 
 def _sent_a_delta(row: _Row) -> bool:

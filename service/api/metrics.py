@@ -1,4 +1,4 @@
-"""GET /metrics: Prometheus text format 0.0.4, without authentication (bind it to a private network)."""
+"""GET /metrics: Prometheus text format 0.0.4; a key only with ``metrics_auth`` (service/admin/auth.py)."""
 
 from __future__ import annotations
 

@@ -13,10 +13,15 @@ A request, in order:
    status that went out, whichever layer sent it; its usage record and its limits' settlement.
 2. ``GatewayMiddleware``: request id, body limit, any ``LoragateError`` as the OpenAI envelope.
 3. ``Endpoint``: the method (405), the caller's key (401), the body into the route's request
-   model (400); then the route's handler, which returns an :class:`Answer` (JSON or SSE).
+   model (400); for generating routes, admission (``service/admission.py``: 429 when the
+   engine's queue is full, 503 while draining); then the route's handler, which returns an
+   :class:`Answer` (JSON or SSE).
 
 A client that leaves cancels the handler and the relay of its answer (which aborts the engine's
-work), on every route: ``until_disconnected`` puts them in an anyio cancel scope.
+work), on every route: ``until_disconnected`` puts them in an anyio cancel scope. A generating
+request's scope is its admission's: its deadline is ``request_timeout``, and the drain cancels it
+once ``shutdown_grace`` is over; the client then gets 504 or 503, or, when its stream has begun,
+the error as an event and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -30,18 +35,26 @@ from typing import Any, TypeVar
 import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ClientDisconnected, InvalidRequestError, MethodNotAllowedError, NotFoundError, quoted
+from ..errors import (
+    ClientDisconnected,
+    InvalidRequestError,
+    LoragateError,
+    MethodNotAllowedError,
+    NotFoundError,
+    quoted,
+)
 from ..ledger.records import Route as LedgerRoute
 from ..metrics import Metrics, RequestMetrics, recorder_of
 from ..middleware import GatewayMiddleware, MetricsMiddleware, request_id_of
-from ..sse import DONE
+from ..sse import DONE, event
 from ..state import AppState
 from ..tenancy import Principal
 
 T = TypeVar("T")
 SSE_HEAD = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+LAST_WRITE_SECONDS = 2.0  # how long an interrupted stream's error event may wait for a slow reader
 
 
 @dataclass(slots=True)
@@ -110,31 +123,88 @@ class Endpoint:
         metrics = recorder_of(scope) if route.usage else None
         headers = Headers(scope=scope)
         principal = state.tenancy.authenticate(headers.get("authorization"))
+        call = Call(scope, state, principal, headers, metrics)
         if metrics is not None:
             metrics.authenticated(principal.tenant.name, principal.key_id)
-        body = await _body(
-            route, receive, metrics
-        )  # after authentication: a bad key is a 401 whatever the body
-        call = Call(scope, state, principal, headers, metrics)
-        started = False
-
-        async def respond() -> None:
-            nonlocal started
-            answer = await route.handler(call, body)
-            started = True
-            if answer.events is None:
-                await send_json(send, answer.json, answer.headers)
-            else:
-                await relay(answer.events, send, SSE_HEAD | answer.headers)
-
+        body = await _body(route, receive, metrics)  # after authentication: a bad key is a 401 regardless
+        if route.usage is None:
+            await _answer(route, call, body, receive, send)
+            return
+        assert metrics is not None  # a generating route: measured
+        admission = state.admission
+        # Once the whole request is in: a slow sender holds a connection (until body_timeout), not a place.
+        gate, deadline = admission.enter(route.usage)
         try:
-            await until_disconnected(receive, respond())
-        except ClientDisconnected:
-            if not started:
-                raise
-        except OSError:  # how ASGI 2.4 servers report a gone client on send; before that, our own fault
-            if not started:
-                raise
+            sent = _Sent(send)
+            try:
+                await _answer(route, call, body, receive, sent, deadline)
+            except Interrupted:
+                await _interrupted(admission.interrupted(deadline), sent, metrics)
+        finally:
+            admission.leave(gate, deadline)
+
+
+async def _answer(
+    route: ApiRoute,
+    call: Call,
+    body: Any,
+    receive: Receive,
+    send: Send,
+    scope: anyio.CancelScope | None = None,
+) -> None:
+    """The handler's answer, sent as it comes; the client leaving cancels it (as does ``scope``)."""
+    started = False
+
+    async def respond() -> None:
+        nonlocal started
+        answer = await route.handler(call, body)
+        started = True
+        if answer.events is None:
+            await send_json(send, answer.json, answer.headers)
+        else:
+            await relay(answer.events, send, SSE_HEAD | answer.headers)
+
+    try:
+        await until_disconnected(receive, respond(), scope)
+    except ClientDisconnected:
+        if not started:
+            raise
+    except OSError:  # how ASGI 2.4 servers report a gone client on send; before that, our own fault
+        if not started:
+            raise
+
+
+_SSE_TYPE = (b"content-type", SSE_HEAD["content-type"].encode())
+
+
+class _Sent:
+    """``send``, noting how far the response got, and whether it is a stream."""
+
+    __slots__ = ("send", "head", "stream", "end")
+
+    def __init__(self, send: Send):
+        self.send = send
+        self.head = self.stream = self.end = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.head = True
+            self.stream = _SSE_TYPE in message["headers"]
+        elif not message.get("more_body", False):
+            self.end = True  # before the write: a write cut short may still have ended the response
+        await self.send(message)
+
+
+async def _interrupted(error: LoragateError, sent: _Sent, metrics: RequestMetrics) -> None:
+    """A request cut by its deadline or the drain: the error as the answer, or as its stream's last event."""
+    if not sent.head:
+        raise error  # the gateway middleware answers it: 504 or 503
+    if sent.end or not sent.stream:  # answered, or a JSON body cut after its head: nothing to mend
+        return
+    metrics.fail(error.error_type)
+    with anyio.move_on_after(LAST_WRITE_SECONDS):  # the client may not be reading
+        last = event(error.envelope()) + DONE
+        await sent({"type": "http.response.body", "body": last.encode(), "more_body": False})
 
 
 async def _body(route: ApiRoute, receive: Receive, metrics: RequestMetrics | None) -> Any:
@@ -224,7 +294,7 @@ def first_problem(errors: Sequence[Any]) -> InvalidRequestError:
     if first["type"] == "json_invalid":
         return InvalidRequestError("We could not parse the JSON body of your request. Send valid JSON.")
     loc = tuple(first["loc"])
-    loc = loc[1:] if loc[:1] == ("body",) else loc  # FastAPI's locations start with where: "body"
+    loc = loc[1:] if loc[:1] in (("body",), ("query",)) else loc  # FastAPI's start with where: "body"
     param = ".".join(str(p) for p in loc) or None
     if first["type"] == "extra_forbidden":  # OpenAI's answer to a field it does not know
         return InvalidRequestError(
@@ -262,17 +332,30 @@ def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
-async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+class Interrupted(Exception):
+    """The request's own cancel scope ended its work: its deadline passed, or the drain ended it."""
+
+
+async def until_disconnected(
+    receive: Receive, work: Awaitable[T], scope: anyio.CancelScope | None = None
+) -> T:
     """Run ``work`` in this task; if the client goes away first, cancel it and raise ClientDisconnected.
+
+    ``work`` runs in ``scope`` when given (a generating request's, from its admission): when that is
+    cancelled (its deadline, the drain), ``work`` is cancelled and ``Interrupted`` raised.
 
     One watcher task per request, not a task for the work as well: a task costs more than all the
     bookkeeping a route does for the request. anyio's cancel scope tells its own cancellation from
     anyone else's (a server shutting down), so only a client that left becomes ClientDisconnected.
     """
-    with anyio.CancelScope() as scope:
+    scope = anyio.CancelScope() if scope is None else scope
+    left = False
+    with scope:
 
         def cancel_work(done: asyncio.Future[None]) -> None:
+            nonlocal left
             if not (done.cancelled() or done.exception()):
+                left = True
                 scope.cancel()
 
         watcher = asyncio.ensure_future(_disconnect(receive))
@@ -281,7 +364,9 @@ async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
             return await work
         finally:
             watcher.cancel()
-    raise ClientDisconnected("The client closed the connection.")
+    if left:
+        raise ClientDisconnected("The client closed the connection.")
+    raise Interrupted()
 
 
 async def _disconnect(receive: Receive) -> None:

@@ -20,11 +20,12 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+from ..admission import first_delta
 from ..domain import Delta, GenerationRequest, SamplingParams, TokenLogprob
 from ..engines.base import Engine
 from ..errors import InvalidRequestError, LoragateError
 from ..metrics import UNKNOWN, Metrics, RequestMetrics
-from ..planning import Plan, Planner, sampling_params
+from ..planning import Plan, Planner, check_logprob_budget, sampling_params
 from ..protocol_completions import MAX_PROMPTS, CompletionRequest, new_text_completion_id
 from ..sse import DONE, event
 from ..tenancy import Principal
@@ -60,6 +61,10 @@ class CompletionService:
         if metrics is not None:
             metrics.routed(route.tenant.name, route.department.name, UNKNOWN if route.adapter else None)
         sampling = self._sampling(body, planner.max_tokens(route, body.max_tokens or DEFAULT_MAX_TOKENS))
+        if body.logprobs is not None:
+            check_logprob_budget(
+                logprob_tokens(body, prompts, sampling.max_tokens), body.logprobs, "logprobs"
+            )
         adapter = await planner.adapter_for(route)
         if metrics is not None:
             metrics.routed(route.tenant.name, route.department.name, adapter.ref if adapter else None)
@@ -104,8 +109,10 @@ class CompletionService:
         n, meter, tally = plan.body.n, Meter(metrics, self.telemetry, plan.body.n), Tally()
         choices = [ChoiceText(plan, index) for index in range(plan.choices)]
         prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
-        async with aclosing(self._deltas(plan)) as deltas:
-            async for p, delta in deltas:
+        async with aclosing(self._deltas(plan)) as deltas:  # closing it aborts the engine's work
+            item = await first_delta(deltas, self.planner.settings.first_token_timeout)
+            while item is not None:
+                p, delta = item
                 meter(p, delta)
                 choice = choices[p * n + delta.index]
                 choice.parts.append(delta.text)
@@ -116,6 +123,7 @@ class CompletionService:
                 if delta.finish_reason is not None:
                     choice.finish(delta)
                     tally.finish(p, delta)
+                item = await anext(deltas, None)
         out = []
         for choice in choices:
             entry: dict[str, Any] = {"index": choice.index, "text": choice.text(), "logprobs": None}
@@ -133,14 +141,16 @@ class CompletionService:
         }
 
     async def open_stream(self, plan: CompletionPlan, metrics: RequestMetrics) -> AsyncGenerator[str, None]:
-        """Start every prompt; errors until each has its first delta raise here (a real HTTP error)."""
+        """Start every prompt; errors until each has its first delta raise here (a real HTTP error), as
+        does ``first_token_timeout`` for the answer's first delta (504)."""
         deltas = self._deltas(plan)
         meter = Meter(metrics, self.telemetry, plan.body.n)
         first: list[tuple[int, Delta]] = []
         waiting = set(range(len(plan.prompts)))
+        timeout = self.planner.settings.first_token_timeout
         try:
             while waiting:
-                item = await anext(deltas, None)
+                item = await (anext(deltas, None) if first else first_delta(deltas, timeout))
                 if item is None:
                     break
                 meter(*item)
@@ -184,6 +194,13 @@ class CompletionService:
             meter.metrics.fail(failure.error_type)
             out += event(failure.envelope())
         yield out + DONE
+
+
+def logprob_tokens(body: CompletionRequest, prompts: list[str], max_tokens: int) -> int:
+    """The most tokens with logprobs the answer can hold: each choice's completion, and with ``echo``
+    its prompt again (a prompt has at most one token per UTF-8 byte, plus a special token or two)."""
+    echoed = sum(len(prompt.encode()) + 2 for prompt in prompts) if body.echo else 0
+    return body.n * (len(prompts) * max_tokens + echoed)
 
 
 def prompts_of(body: CompletionRequest) -> list[str]:

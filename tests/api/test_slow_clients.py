@@ -261,8 +261,26 @@ def test_serve_runs_uvicorn_with_the_connection_settings(
     from service.cli import serve
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
-    monkeypatch.setattr(service.app, "create_app", lambda settings: object())
+
+    class App:
+        def drain(self) -> None:
+            calls.append({"drained": True})
+
+    def run(server: http_server.GatewayServer) -> None:
+        config = server.config
+        calls.append(
+            {
+                "limit_concurrency": config.limit_concurrency,
+                "timeout_keep_alive": config.timeout_keep_alive,
+                "timeout_graceful_shutdown": config.timeout_graceful_shutdown,
+                "http": config.http,
+            }
+        )
+        server.begin_drain()
+        server.started = True
+
+    monkeypatch.setattr(http_server.GatewayServer, "run", run)
+    monkeypatch.setattr(service.app, "create_app", lambda settings: App())
     monkeypatch.setattr(http_server, "fit_file_limit", lambda wanted: calls.append({"files": wanted}))
     settings = Settings(
         model_path=tmp_path,
@@ -271,11 +289,14 @@ def test_serve_runs_uvicorn_with_the_connection_settings(
         keep_alive_timeout=6,
         max_connections=7,
         max_header_bytes=2048,
+        shutdown_grace=9,
     )
     serve(settings)
     assert calls[0] == {"files": 7}
     options = calls[1]
     assert (options["limit_concurrency"], options["timeout_keep_alive"]) == (8, 6)
+    assert options["timeout_graceful_shutdown"] == 9 + http_server.SHUTDOWN_MARGIN  # a backstop to the app's
+    assert calls[2] == {"drained": True}  # the server tells the app when it begins to shut down
     protocol = options["http"]
     assert issubclass(protocol, GatewayHttpProtocol)
     assert (protocol.header_timeout, protocol.body_timeout, protocol.max_header_bytes) == (3, 4, 2048)

@@ -119,7 +119,12 @@ def test_a_changed_internal_falls_back_to_uvicorn_s_own_protocol_with_one_warnin
     CHANGES[named](monkeypatch)
     with caplog.at_level(logging.WARNING, logger=http_server.__name__):
         options = server_options(settings)
-    assert options == {"http": "httptools", "limit_concurrency": 8, "timeout_keep_alive": 6}
+    assert options == {
+        "http": "httptools",
+        "limit_concurrency": 8,
+        "timeout_keep_alive": 6,
+        "timeout_graceful_shutdown": settings.shutdown_grace + http_server.SHUTDOWN_MARGIN,
+    }
     [record] = caplog.records
     assert record.levelno == logging.WARNING and named in record.getMessage()
     assert "uvicorn's own httptools protocol" in record.getMessage()
