@@ -16,6 +16,7 @@ Written once for every generating route (chat, completions, embeddings):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from .errors import RateLimitError
 from .ledger import LedgerError, UsageRecord
 from .ledger.records import Route as LedgerRoute
 from .limits import Ticket, request_scopes
-from .tenancy import Principal, Route
+from .tenancy import Principal, Route, Tenant
 
 if TYPE_CHECKING:
     from .api.pipeline import Call
@@ -50,6 +51,10 @@ class Facts:
     template: str = "none"
     adapter: str = "base"
     ticket: Ticket | None = None
+    # Only for a tenant that opted in (tenants file: record_text); the ledger clears it after retention_days.
+    retention_days: int | None = None
+    prompt_text: str | None = None
+    completion_parts: list[str] | None = None  # the answer's text, as the deltas bring it
 
 
 def estimate(prompt_chars: int, max_tokens: int, n: int) -> int:
@@ -77,11 +82,27 @@ async def admit(call: Call, route: Route, tokens: int) -> dict[str, str]:
     return dict(ticket.headers())
 
 
-def served(recorder: RequestMetrics, plan: Plan) -> None:
-    """Which adapter and template versions served: the plan's, as its response headers say."""
-    if recorder.facts is not None:
-        recorder.facts.adapter = plan.adapter.ref if plan.adapter else "base"
-        recorder.facts.template = plan.template.ref if plan.template else "none"
+def served(recorder: RequestMetrics, plan: Plan, prompt: object = None) -> None:
+    """Which adapter and template versions served: the plan's, as its response headers say; and,
+    for a tenant that opted in to keeping text, the prompt (``prompt``, else the plan's messages)."""
+    facts = recorder.facts
+    if facts is None:
+        return
+    facts.adapter = plan.adapter.ref if plan.adapter else "base"
+    facts.template = plan.template.ref if plan.template else "none"
+    if plan.route.tenant.record_text_days is not None:
+        if prompt is None:
+            prompt = [{"role": m.role, "content": m.content} for m in plan.request.messages]
+        keep_text(recorder, plan.route.tenant, prompt)
+
+
+def keep_text(recorder: RequestMetrics, tenant: Tenant, prompt: object) -> None:
+    """For a tenant that opted in (``record_text``): the ledger keeps the prompt and the answer's text."""
+    facts = recorder.facts
+    if facts is None or tenant.record_text_days is None:
+        return
+    facts.retention_days, facts.completion_parts = tenant.record_text_days, []
+    facts.prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
 
 
 def new_facts(route: LedgerRoute) -> Facts:
@@ -143,6 +164,9 @@ def usage_record(
         ttft_ms=None if ttft is None else ttft * 1000,
         status=status,
         error_type=error,
+        prompt_text=facts.prompt_text,
+        completion_text=None if facts.completion_parts is None else "".join(facts.completion_parts),
+        retention_days=facts.retention_days,
     )
 
 

@@ -246,6 +246,9 @@ class RequestMetrics:
             self._first = now
             series(m.ttft).observe(now - self._start)
         if delta.text:
+            facts = self.facts
+            if facts is not None and facts.completion_parts is not None:  # the tenant keeps its text
+                facts.completion_parts.append(delta.text)
             last = self._last.get(delta.index)
             if last is not None:
                 series(m.inter_token).observe(now - last)

@@ -88,6 +88,9 @@ class Tenant:
     max_tokens: int | None  # cap on max_tokens per request
     variables: Mapping[str, str]
     limits: Limits | None = None  # limits for all its requests together; None: unlimited
+    # The tenant opted in to keep prompts and completions in the usage ledger, for this many days
+    # (the ledger clears the text once they pass); None: no text is ever recorded.
+    record_text_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,10 @@ class DepartmentSpec(_Spec):
     limits: LimitsSpec | None = Field(None, description="rate limits and budgets of the department")
 
 
+class RecordTextSpec(_Spec):
+    retention_days: int = Field(ge=1, le=3650, description="days the text is kept; then the ledger clears it")
+
+
 class TenantSpec(_Spec):
     departments: dict[Name, DepartmentSpec] = Field(min_length=1)
     default_department: Name | None = Field(None, description="optional when there is one department")
@@ -133,6 +140,9 @@ class TenantSpec(_Spec):
     max_tokens: int | None = Field(None, ge=1, description="cap on a request's max_tokens")
     variables: dict[str, str] = Field(default_factory=dict, description="values for all its templates")
     limits: LimitsSpec | None = Field(None, description="rate limits and budgets of the whole tenant")
+    record_text: RecordTextSpec | None = Field(
+        None, description="opt in: keep prompts and completions in the usage ledger for retention_days"
+    )
 
     @field_validator("departments", mode="before")
     @classmethod
@@ -179,6 +189,7 @@ def _tenant(name: str, spec: TenantSpec) -> Tenant:
         spec.max_tokens,
         variables,
         _limits(spec.limits),
+        spec.record_text.retention_days if spec.record_text else None,
     )
 
 

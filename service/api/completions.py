@@ -18,7 +18,7 @@ async def create_completion(call: Call, body: CompletionRequest) -> Answer:
     department = call.headers.get(state.settings.department_header)
     plan = await state.completions.plan(body, call.principal, department, call.request_id, metrics)
     first = plan.plans[0]
-    served(metrics, first)
+    served(metrics, first, plan.prompts)
     tokens = estimate(sum(len(p) for p in plan.prompts), first.request.sampling.max_tokens, plan.choices)
     headers = plan.headers() | await admit(call, first.route, tokens)
     if body.stream:

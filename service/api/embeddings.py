@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..accounting import admit, estimate
+from ..accounting import admit, estimate, keep_text
 from ..protocol_completions import EmbeddingList, EmbeddingRequest
 from .pipeline import Answer, ApiRoute, Call
 
@@ -14,6 +14,7 @@ async def create_embedding(call: Call, body: EmbeddingRequest) -> Answer:
     assert metrics is not None  # a generating route: measured
     department = call.headers.get(state.settings.department_header)
     route = state.embeddings.route(call.principal, department, metrics)
+    keep_text(metrics, route.tenant, body.input)
     limits = await admit(call, route, estimate(len(str(body.input)), 0, 1))  # str(): any of input's forms
     return Answer(json=await state.embeddings.create(body, metrics), headers=limits)
 

@@ -7,6 +7,7 @@ answer's last bytes; these tests read the SQLite file the server writes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,10 @@ from tests.worlds import Deployment, build_deployment
 
 TENANTS = """
 tenants:
+  globex:
+    record_text: {retention_days: 7}
+    departments:
+      support: {}
   acme:
     default_department: it
     limits: {tokens_per_day: 100000}
@@ -189,3 +194,19 @@ def test_a_concurrency_limit_holds_while_a_stream_runs(world: Deployment, key: t
             gate.set()
             assert any("[DONE]" in line for line in lines)
         assert http.post("/chat/completions", json=short).status_code == 200  # its slot is free again
+
+
+def test_text_is_kept_only_for_a_tenant_that_opted_in(server: LiveServer, world: Deployment) -> None:
+    secret = world.keys.create("globex", None)[1]
+    answer = client(server, secret, "support").chat.completions.create(
+        model=TINY_MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        max_tokens=4,
+        extra_headers={"X-Request-Id": "ledger-text"},
+    )
+    (row,) = rows(world, "ledger-text")
+    assert json.loads(row["prompt_text"])[-1] == ASK[0]
+    assert row["completion_text"] == answer.choices[0].message.content
+    assert row["retention_days"] == 7 and row["text_expires"] is not None
+    (other,) = rows(world, "ledger-chat-False")  # acme did not opt in
+    assert other["prompt_text"] is None and other["completion_text"] is None
