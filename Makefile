@@ -72,6 +72,7 @@ bench: model vllm $(DEV_STAMP)
 	$(PY) -m loadtests.bench_engine
 	$(PY) -m loadtests.bench_constrained
 	$(PY) -m loadtests.bench_vllm
+	$(PY) -m loadtests.bench_accounting
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check service tests loadtests adapters testkit
