@@ -6,25 +6,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .domain import Delta, TokenLogprob, ToolCallDelta
-from .protocol import AssistantMessage, Choice, ChoiceLogprobs, FunctionCall, MessageToolCall, TokenLogprobOut
 from .sse import ChunkEvents
 
 
 def logprob_entries(tokens: list[TokenLogprob]) -> list[dict[str, Any]]:
-    """OpenAI's ``logprobs.content`` entries."""
+    """OpenAI's ``logprobs.content`` entries (``bytes`` as tuples: JSON arrays all the same)."""
     return [
         {
             "token": t.token,
             "logprob": t.logprob,
-            "bytes": list(t.bytes) if t.bytes is not None else None,
-            "top_logprobs": [
-                {
-                    "token": a.token,
-                    "logprob": a.logprob,
-                    "bytes": list(a.bytes) if a.bytes is not None else None,
-                }
-                for a in t.top
-            ],
+            "bytes": t.bytes,
+            "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top],
         }
         for t in tokens
     ]
@@ -60,19 +52,27 @@ class ChoiceBuilder:
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
 
-    def choice(self) -> Choice:
+    def json(self) -> dict[str, Any]:
+        """The choice as OpenAI's JSON (``protocol.Choice``'s shape), built as plain dicts: a long
+        answer's logprobs are ~20 objects a token, and pydantic models of them cost the event loop
+        seconds (~120 us a token to validate, more to dump)."""
         calls = [
-            MessageToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for _, c in sorted(self.calls.items())
         ]
-        message = AssistantMessage(
-            content=self.text if self.text or not calls else None, tool_calls=calls or None
-        )
-        logprobs = None
-        if self.logprobs:
-            content = [TokenLogprobOut.model_validate(entry) for entry in logprob_entries(self.tokens)]
-            logprobs = ChoiceLogprobs(content=content)
-        return Choice(index=self.index, message=message, finish_reason=self.finish_reason, logprobs=logprobs)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": self.text if self.text or not calls else None,
+        }
+        if calls:
+            message["tool_calls"] = calls
+        logprobs = {"content": logprob_entries(self.tokens), "refusal": None} if self.logprobs else None
+        return {
+            "index": self.index,
+            "message": message,
+            "finish_reason": self.finish_reason,
+            "logprobs": logprobs,
+        }
 
 
 def tool_call_pieces(pieces: list[ToolCallDelta]) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ template store's threads, never on the event loop, and cached (``TemplateStore.r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from .prompts import Rendered, Template, TemplateError, TemplateRenderError, Tem
 from .protocol import ChatCompletionRequest, Message, SamplingFields
 from .registry import Adapter, AdapterRejected, Registry
 from .tenancy import Principal, Route, Tenancy
-from .tool_calls import plan_output
+from .tool_calls import has_schemas, plan_output
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,24 @@ log = logging.getLogger(__name__)
 SERVED_TEMPLATE_HEADER = "x-loragate-template"
 SERVED_ADAPTER_HEADER = "x-loragate-adapter"
 SERVED_DEPARTMENT_HEADER = "x-loragate-department"
+
+# Logprob values (each token's, and each of its alternatives) one answer may hold. An answer is
+# built and encoded on the event loop, at ~1-3 us a value (~30 bytes each in the body): this keeps
+# one answer to about a second of it and ~30 MB. Chat on an 8k-context model with n=4 and 20
+# alternatives stays within it; completions with many prompts, echo and n could ask for billions.
+MAX_LOGPROB_VALUES = 1_000_000
+
+
+def check_logprob_budget(tokens: int, top: int, param: str) -> None:
+    """400 when ``tokens`` tokens with ``top`` alternatives each are more logprobs than one answer holds."""
+    values = tokens * (top + 1)
+    if values > MAX_LOGPROB_VALUES:
+        raise InvalidRequestError(
+            f"This request asks for up to {values} logprob values (tokens x (alternatives + 1), over all "
+            f"choices); this server returns at most {MAX_LOGPROB_VALUES} in one answer. Ask for fewer "
+            "choices, prompts, tokens or alternatives.",
+            param=param,
+        )
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,10 @@ class Planner:
         if metrics is not None:  # labels from configuration, as soon as they are known
             metrics.routed(route.tenant.name, route.department.name, UNKNOWN if route.adapter else None)
         sampling = self._sampling(body, route)
-        output = plan_output(body, self.settings.max_schema_bytes)
+        if has_schemas(body):  # checking JSON schemas is CPU work: not on the event loop
+            output = await asyncio.to_thread(plan_output, body, self.settings.max_schema_bytes)
+        else:
+            output = plan_output(body, self.settings.max_schema_bytes)
         messages = chat_messages(body.messages)
         adapter = await self.adapter_for(route)
         if metrics is not None:
@@ -147,6 +169,8 @@ class Planner:
         if body.min_tokens > max_tokens:
             raise InvalidRequestError("min_tokens must not exceed max_tokens.", param="min_tokens")
         top = (body.top_logprobs or 0) if body.logprobs else 0
+        if body.logprobs:
+            check_logprob_budget(body.n * max_tokens, top, "top_logprobs" if top else "logprobs")
         return sampling_params(body, max_tokens, logprobs=bool(body.logprobs), top_logprobs=top)
 
 

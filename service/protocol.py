@@ -129,6 +129,14 @@ UNSUPPORTED = {
     "reasoning_effort": "Reasoning effort is not supported.",
     "web_search_options": "Web search is not supported.",
     "verbosity": "verbosity is not supported.",
+    "moderation": "Moderation is not supported.",
+}
+# OpenAI's kinds of tools and tool choices that loragate does not serve (it serves function tools).
+UNSUPPORTED_TOOL_TYPES = {"custom": "Custom (free-form text) tools are not supported; use function tools."}
+UNSUPPORTED_PARTS = frozenset({"image_url", "input_audio", "file", "refusal"})  # OpenAI's, other than text
+UNSUPPORTED_TOOL_CHOICES = {
+    "allowed_tools": "An allowed_tools tool_choice is not supported; send the allowed tools as `tools`.",
+    "custom": "Custom tools are not supported; name a function tool.",
 }
 
 
@@ -202,6 +210,8 @@ class ChatCompletionRequest(SamplingFields):
     store: bool | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     # OpenAI's, refused (UNSUPPORTED): typed Any so that the refusal, not a type error, answers them.
     functions: Any = None
@@ -212,6 +222,43 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_effort: Any = None
     web_search_options: Any = None
     verbosity: Any = None
+    moderation: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported_kinds(cls, data: Any) -> Any:
+        """OpenAI's custom tools, allowed_tools choices and (deprecated) function messages: 400
+        unsupported_parameter naming the field, not a type error about the union they miss."""
+        if not isinstance(data, dict):
+            return data
+        tools, choice = data.get("tools"), data.get("tool_choice")
+        for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+            why = UNSUPPORTED_TOOL_TYPES.get(str(tool.get("type"))) if isinstance(tool, dict) else None
+            if why is not None:
+                raise InvalidRequestError(why, param=f"tools.{i}.type", code="unsupported_parameter")
+        why = UNSUPPORTED_TOOL_CHOICES.get(str(choice.get("type"))) if isinstance(choice, dict) else None
+        if why is not None:
+            raise InvalidRequestError(why, param="tool_choice", code="unsupported_parameter")
+        messages = data.get("messages")
+        for i, message in enumerate(messages if isinstance(messages, list) else ()):
+            if not isinstance(message, dict):
+                continue
+            if message.get("role") == "function":
+                raise InvalidRequestError(
+                    "Messages with the deprecated role 'function' are not supported: use tool messages.",
+                    param=f"messages.{i}.role",
+                    code="unsupported_parameter",
+                )
+            parts = message.get("content")
+            for part in parts if isinstance(parts, list) else ():
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in UNSUPPORTED_PARTS:
+                    raise InvalidRequestError(
+                        f"Content parts of type `{kind}` are not supported: only text is.",
+                        param=f"messages.{i}.content",
+                        code="unsupported_parameter",
+                    )
+        return data
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> ChatCompletionRequest:

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .admission import first_delta
 from .choices import ChoiceBuilder, chunk_of
@@ -19,7 +20,7 @@ from .engines.base import Engine
 from .errors import EngineFailure, LoragateError
 from .metrics import RequestMetrics
 from .planning import Plan, Planner
-from .protocol import ChatCompletion, ChatCompletionRequest, Usage, new_completion_id
+from .protocol import ChatCompletionRequest, new_completion_id
 from .reasoning import HiddenReasoning
 from .sse import DONE, ChunkEvents, event
 from .tool_calls import forced_calls
@@ -40,7 +41,8 @@ class ChatService:
 
     async def complete(
         self, plan: Plan, body: ChatCompletionRequest, metrics: RequestMetrics
-    ) -> ChatCompletion:
+    ) -> dict[str, Any]:
+        """The ``chat.completion`` object, as JSON."""
         request = plan.request
         choices = [ChoiceBuilder(i, request.sampling.logprobs) for i in range(request.n)]
         prompt_tokens = completion_tokens = 0
@@ -53,16 +55,18 @@ class ChatService:
                     prompt_tokens = delta.prompt_tokens
                     completion_tokens += delta.completion_tokens
                 delta = await anext(deltas, None)
-        return ChatCompletion(
-            id=new_completion_id(),
-            model=body.model,
-            choices=[choice.choice() for choice in choices],
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
-        )
+        return {  # protocol.ChatCompletion's shape, as plain JSON (ChoiceBuilder.json says why)
+            "id": new_completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.model,
+            "choices": [choice.json() for choice in choices],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
     async def open_stream(
         self, plan: Plan, body: ChatCompletionRequest, metrics: RequestMetrics

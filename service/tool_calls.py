@@ -15,8 +15,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -48,7 +51,12 @@ class OutputPlan:
 
 
 def plan_output(body: ChatCompletionRequest, max_schema_bytes: int) -> OutputPlan:
-    """The request's tools and format as the engine takes them (400 on anything it cannot honour)."""
+    """The request's tools and format as the engine takes them (400 on anything it cannot honour).
+
+    Checking schemas is CPU work (~0.3 s for a 64 KB schema): the planner runs this on a worker
+    thread when a request has any (``has_schemas``), and the tools' schemas together are bounded
+    (``MAX_TOOLS_SCHEMA_FACTOR``) before any is validated.
+    """
     tools = body.tools or []
     choice = body.tool_choice
     if choice is not None and not tools:
@@ -56,10 +64,19 @@ def plan_output(body: ChatCompletionRequest, max_schema_bytes: int) -> OutputPla
     names = [tool.function.name for tool in tools]
     if len(set(names)) != len(names):
         raise InvalidRequestError("Each tool needs a name of its own.", param="tools")
-    for i, tool in enumerate(tools):
-        check_schema(
-            tool.function.parameters or NO_ARGUMENTS, f"tools.{i}.function.parameters", max_schema_bytes
+    parameters = [tool.function.parameters or NO_ARGUMENTS for tool in tools]
+    total = sum(
+        measure(schema, f"tools.{i}.function.parameters", max_schema_bytes)
+        for i, schema in enumerate(parameters)
+    )
+    limit = max_schema_bytes * MAX_TOOLS_SCHEMA_FACTOR
+    if total > limit:
+        raise InvalidRequestError(
+            f"The tools' parameter schemas have {total} bytes in all; this server takes at most {limit}.",
+            param="tools",
         )
+    for i, schema in enumerate(parameters):
+        check_schema(schema, f"tools.{i}.function.parameters", max_schema_bytes)
     constraint = _format_constraint(body, max_schema_bytes)
     specs = tuple(tool.model_dump(mode="json", exclude_none=True) for tool in tools)
     parallel = body.parallel_tool_calls is not False
@@ -70,11 +87,17 @@ def plan_output(body: ChatCompletionRequest, max_schema_bytes: int) -> OutputPla
                 param="response_format",
             )
         chosen = _chosen(tools, choice)
-        schema = call_schema(chosen)
-        check_schema(schema, "tools", max_schema_bytes * 2)
+        schema = call_schema(chosen)  # of checked parts: its size and depth are all there is to check
+        measure(schema, "tools", max_schema_bytes * 2, MAX_SCHEMA_DEPTH + CALL_SCHEMA_DEPTH)
         return OutputPlan(specs, "none", parallel, Constraint("json_schema", schema), forced=True)
     mode: Literal["none", "auto"] = "none" if choice == "none" or not tools else "auto"
     return OutputPlan(specs, mode, parallel, constraint)
+
+
+def has_schemas(body: ChatCompletionRequest) -> bool:
+    """Whether ``plan_output`` has JSON schemas to check (work for a thread, not the event loop)."""
+    fmt = body.response_format
+    return bool(body.tools) or (fmt is not None and fmt.json_schema is not None)
 
 
 def _chosen(tools: list[Tool], choice: NamedToolChoice | str) -> list[Tool]:
@@ -122,10 +145,13 @@ _SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
 _SCHEMA_VALUES = ("items", "not", "if", "then", "else", "contains", "additionalProperties", "propertyNames")
 
 
-def closed(schema: Any) -> Any:
+def closed(schema: Any, *, close: bool = True) -> Any:
     """A copy in which every object that lists ``properties`` allows no others unless it says so.
 
     Only subschemas are visited (``const``, ``enum`` and ``default`` are data, left as they are).
+    A schema that combines others (``allOf``, ``anyOf``, ``oneOf``, ``$ref``) is not closed at its
+    own level, nor are ``allOf`` branches: their properties add up, and closing one part would
+    refuse the properties another part allows.
     """
     if not isinstance(schema, dict):
         return schema
@@ -135,26 +161,85 @@ def closed(schema: Any) -> Any:
             out[key] = {name: closed(sub) for name, sub in schema[key].items()}
     for key in _SCHEMA_LISTS:
         if isinstance(schema.get(key), list):
-            out[key] = [closed(sub) for sub in schema[key]]
+            out[key] = [closed(sub, close=key != "allOf") for sub in schema[key]]
     for key in _SCHEMA_VALUES:
         if key in schema:
             out[key] = closed(schema[key])
-    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+    combines = any(key in schema for key in ("allOf", "anyOf", "oneOf", "$ref"))
+    if (
+        close
+        and not combines
+        and isinstance(schema.get("properties"), dict)
+        and "additionalProperties" not in schema
+    ):
         out["additionalProperties"] = False
     return out
 
 
-def check_schema(schema: Mapping[str, Any], param: str, max_bytes: int) -> None:
-    """400 for a schema that is too large or not a JSON schema (the grammar compilers assume one)."""
+# JSON nesting (objects and arrays) a schema may have. The schema checker, ``closed`` and the
+# grammar compilers recurse per level: deeper schemas would end in a RecursionError (a 500), not a
+# 400. 64 levels are ~32 nested subschemas; OpenAI's strict mode allows 10.
+MAX_SCHEMA_DEPTH = 64
+CALL_SCHEMA_DEPTH = 8  # what ``call_schema`` puts around a tool's parameters
+
+
+MAX_TOOLS_SCHEMA_FACTOR = 4  # all tools' parameter schemas together: this many max_schema_bytes
+_CHECKED_KEPT = 1024  # schemas remembered as valid (agents send the same tools every turn)
+_checked: OrderedDict[bytes, None] = OrderedDict()
+_checked_lock = threading.Lock()
+
+
+def measure(schema: Mapping[str, Any], param: str, max_bytes: int, max_depth: int = MAX_SCHEMA_DEPTH) -> int:
+    """A schema's size in bytes; 400 if it is too deep or too large (cheap: before validating it)."""
+    depth = nesting(schema)
+    if depth > max_depth:
+        raise InvalidRequestError(
+            f"This JSON schema is nested {depth} levels deep; this server takes at most {max_depth}.",
+            param=param,
+        )
     size = len(json.dumps(schema))
     if size > max_bytes:
         raise InvalidRequestError(
             f"This JSON schema has {size} bytes; this server takes at most {max_bytes}.", param=param
         )
+    return size
+
+
+def check_schema(
+    schema: Mapping[str, Any], param: str, max_bytes: int, max_depth: int = MAX_SCHEMA_DEPTH
+) -> None:
+    """400 for a schema too large, too deep or not a JSON schema (the grammar compilers assume one).
+
+    Valid schemas are remembered (by digest): the metaschema check costs ~5 us per subschema.
+    """
+    measure(schema, param, max_bytes, max_depth)
+    key = hashlib.blake2b(json.dumps(schema, sort_keys=True).encode(), digest_size=16).digest()
+    with _checked_lock:
+        if key in _checked:
+            _checked.move_to_end(key)
+            return
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise InvalidRequestError(f"Invalid JSON schema: {exc.message[:300]}", param=param) from None
+    with _checked_lock:
+        _checked[key] = None
+        while len(_checked) > _CHECKED_KEPT:
+            _checked.popitem(last=False)
+
+
+def nesting(value: Any) -> int:
+    """How deep objects and arrays nest in ``value`` (a scalar: 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 async def forced_calls(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
@@ -164,8 +249,8 @@ async def forced_calls(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[De
     with its finish reason, as OpenAI does with a truncated answer.
     """
     held: dict[int, Delta] = {}
-    async with aclosing(deltas):
-        async for delta in deltas:
+    async with aclosing(_about_the_tools(deltas)) as tagged:
+        async for delta in tagged:
             keep = held.setdefault(delta.index, Delta(delta.index, "", queue_seconds=delta.queue_seconds))
             keep.text += delta.text
             if delta.logprobs:
@@ -183,6 +268,19 @@ async def forced_calls(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[De
                 logprobs=keep.logprobs,
                 queue_seconds=keep.queue_seconds,
             )
+
+
+async def _about_the_tools(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
+    """Engines name ``response_format`` when the output's schema cannot be decoded; here the schema
+    is the tools' (the client sent no response_format), so the error names ``tools``."""
+    try:
+        async with aclosing(deltas):
+            async for delta in deltas:
+                yield delta
+    except InvalidRequestError as exc:
+        if exc.param == "response_format":
+            exc.param = "tools"
+        raise
 
 
 def _as_call(text: str) -> ToolCallDelta | None:

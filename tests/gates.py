@@ -36,16 +36,19 @@ class GatedScheduler(Scheduler):
     submitted then waits, and joins the batch at the turn after the gate opens.
     """
 
-    def __init__(self, *args: Any, gate: threading.Event, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gate: threading.Event, hold_rows: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = gate
+        # The batch is held only once this many rows run: a request of several prompts (whose jobs
+        # reach the queue one by one) is held whole, not with a prompt left waiting behind the gate.
+        self.hold_rows = hold_rows
         self.holding = threading.Event()  # set while every running request is held at the gate
         self.aborted: set[str] = set()  # request ids whose rows were dropped as cancelled
 
     def _decode_step(self) -> None:
         while not self.gate.is_set() and not self._closing:
             self._drop_cancelled()
-            if not self._rows or not all(_sent_a_delta(row) for row in self._rows):
+            if len(self._rows) < self.hold_rows or not all(_sent_a_delta(row) for row in self._rows):
                 break
             self.holding.set()
             self.gate.wait(POLL_SECONDS)
@@ -74,8 +77,8 @@ def _sent_a_delta(row: _Row) -> bool:
 class GatedEngine(LocalEngine):
     """The embedded engine on a :class:`GatedScheduler` held by ``gate``."""
 
-    def __init__(self, *args: Any, gate: threading.Event, **kwargs: Any) -> None:
-        super().__init__(*args, scheduler=partial(GatedScheduler, gate=gate), **kwargs)
+    def __init__(self, *args: Any, gate: threading.Event, hold_rows: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, scheduler=partial(GatedScheduler, gate=gate, hold_rows=hold_rows), **kwargs)
         self.gate = gate
 
     @property
@@ -83,9 +86,9 @@ class GatedEngine(LocalEngine):
         return cast(GatedScheduler | None, self._scheduler)
 
 
-def gated_engine(settings: Settings, gate: threading.Event) -> GatedEngine:
+def gated_engine(settings: Settings, gate: threading.Event, hold_rows: int = 1) -> GatedEngine:
     """The embedded engine that ``settings`` describe (as the app builds it), gated by ``gate``."""
-    return cast(GatedEngine, local_engine(settings, partial(GatedEngine, gate=gate)))
+    return cast(GatedEngine, local_engine(settings, partial(GatedEngine, gate=gate, hold_rows=hold_rows)))
 
 
 async def queue_behind(held: GatedScheduler, stream: AsyncIterator[Delta]) -> asyncio.Task[dict[int, Choice]]:

@@ -26,8 +26,7 @@ async def create_chat_completion(call: Call, body: ChatCompletionRequest) -> Ans
     )
     if body.stream:
         return Answer(events=await state.chat.open_stream(plan, body, metrics), headers=headers)
-    completion = await state.chat.complete(plan, body, metrics)
-    return Answer(json=completion.model_dump(mode="json"), headers=headers)
+    return Answer(json=await state.chat.complete(plan, body, metrics), headers=headers)
 
 
 ROUTE = ApiRoute(

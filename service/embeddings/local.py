@@ -19,6 +19,7 @@ import base64
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
 MAX_ROUND_INPUTS = 4096  # inputs of several requests taken into one round
+MAX_REQUEST_TOKENS = 300_000  # tokens of one request's inputs together (OpenAI's limit)
 UNBOUNDED = 1_000_000  # tokenizers without a limit say 1e30
 
 
@@ -164,17 +166,13 @@ class LocalEmbedder:
                 _settle(job, error=exc)
         if not encoded:
             return
+        answers = _Answers(encoded)
         try:
-            vectors = self._compute([ids for _, rows in encoded for ids in rows])
+            self._compute([ids for _, rows in encoded for ids in rows], answers.done)
         except Exception:
             log.exception("embedding %d inputs failed", sum(len(rows) for _, rows in encoded))
-            for job, _ in encoded:
+            for job, _ in encoded:  # those already answered keep their answer (_settle skips them)
                 _settle(job, error=EngineFailure("The embedding model failed on this request."))
-            return
-        start = 0
-        for job, rows in encoded:
-            _settle(job, result=(vectors[start : start + len(rows)], sum(len(ids) for ids in rows)))
-            start += len(rows)
 
     def _encode(self, job: _Job) -> list[list[int]]:
         if job.dimensions is not None and job.dimensions != self.dimensions:
@@ -185,6 +183,13 @@ class LocalEmbedder:
                 code="unsupported_parameter",
             )
         rows: list[list[int]] = list(self._tokenizer(job.texts, add_special_tokens=True)["input_ids"])
+        tokens = sum(len(ids) for ids in rows)
+        if tokens > MAX_REQUEST_TOKENS:
+            raise InvalidRequestError(
+                f"The inputs have {tokens} tokens in all; this server embeds at most {MAX_REQUEST_TOKENS} "
+                "in one request. Send them in several requests.",
+                param="input",
+            )
         for index, ids in enumerate(rows):
             if not ids:
                 raise InvalidRequestError(f"Input {index} has no tokens.", param="input")
@@ -196,7 +201,10 @@ class LocalEmbedder:
                 )
         return rows
 
-    def _compute(self, rows: list[list[int]]) -> Vectors:
+    def _compute(
+        self, rows: list[list[int]], done: Callable[[Vectors, list[int]], None] | None = None
+    ) -> Vectors:
+        """The rows' vectors, in batches of similar lengths; ``done(vectors, batch)`` after each batch."""
         import torch
 
         assert self.dimensions is not None
@@ -226,8 +234,33 @@ class LocalEmbedder:
                 pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
                 vectors = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
             out[batch] = vectors.cpu().numpy()
+            if done is not None:
+                done(out, batch)
             start = end
         return out
+
+
+class _Answers:
+    """A round's jobs, each answered as soon as all its rows are computed (rows run sorted by
+    length, so a short request need not wait for a long one of the same round)."""
+
+    def __init__(self, encoded: list[tuple[_Job, list[list[int]]]]):
+        self._encoded = encoded
+        self._owner = [n for n, (_, rows) in enumerate(encoded) for _ in rows]  # each row's job
+        self._left = [len(rows) for _, rows in encoded]
+        self._starts = [0]
+        for _, rows in encoded:
+            self._starts.append(self._starts[-1] + len(rows))
+
+    def done(self, vectors: Vectors, rows: list[int]) -> None:
+        """Rows ``rows`` of ``vectors`` are computed."""
+        for row in rows:
+            n = self._owner[row]
+            self._left[n] -= 1
+            if self._left[n] == 0:
+                job, ids = self._encoded[n]
+                result = vectors[self._starts[n] : self._starts[n + 1]].copy()
+                _settle(job, result=(result, sum(len(i) for i in ids)))
 
 
 def _settle(

@@ -7,8 +7,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.app import create_app
-
 from ..api.helpers import assert_envelope
 from ..conftest import API_KEY, LiveServer, make_settings
 from .conftest import ADMIN_KEY, Admin

@@ -478,7 +478,7 @@ HELD_FOR = 60  # seconds: a hang guard only
 
 @pytest.fixture(scope="module")
 def gated(tiny_settings: Settings) -> Iterator[tuple[LiveServer, Any]]:
-    engine = gated_engine(tiny_settings, threading.Event())
+    engine = gated_engine(tiny_settings, threading.Event(), hold_rows=2)  # both prompts of a request
     with LiveServer(app=create_app(tiny_settings, engine_factory=lambda _: engine)) as server:
         yield server, engine
         engine.gate.set()  # let anything left over finish

@@ -25,7 +25,7 @@ from ...errors import (
 )
 from ...model_store import MODEL_LOAD_LOCK
 from ..base import EngineEvents, EngineHealth
-from .grammar import Grammar, GrammarCache
+from .grammar import Grammar, GrammarCache, GrammarLimitError
 from .scheduler import Job, Scheduler
 from .tool_parser import parse_tool_calls
 from .tools import TemplateTraits, render, template_traits
@@ -143,6 +143,8 @@ class LocalEngine:
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.close)
             self._scheduler = None
+        if self.grammars is not None:
+            self.grammars.close()
 
     async def health(self) -> EngineHealth:
         if self._scheduler is not None:
@@ -187,11 +189,31 @@ class LocalEngine:
                     param="logit_bias",
                 )
 
+    def _check_prompt(self, request: GenerationRequest, prompt_ids: list[int]) -> None:
+        """400 for a prompt the engine cannot prefill: empty, over the prefill budget or the context."""
+        where = "prompt" if request.prompt is not None else "messages"
+        if not prompt_ids:  # a raw prompt of characters the tokenizer drops (some control characters)
+            raise InvalidRequestError(f"The {where} has no tokens for this model.", param=where)
+        if len(prompt_ids) > self.max_prefill_tokens:  # its prefill alone would pass the memory budget
+            raise ContextLengthError(
+                f"This server prefills at most {self.max_prefill_tokens} prompt tokens at once; your "
+                f"{where} have {len(prompt_ids)} tokens. Please shorten them.",
+                param=where,
+            )
+        wanted = len(prompt_ids) + request.sampling.max_tokens
+        if wanted > self.max_context:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.max_context} tokens. However, you requested "
+                f"{wanted} tokens ({len(prompt_ids)} in the {where}, {request.sampling.max_tokens} in the "
+                f"completion). Please reduce the length of the {where} or completion.",
+                param=where,
+            )
+
     async def _compile(self, request: GenerationRequest) -> Grammar | None:
         if request.constraint is None:
             return None
         assert self.grammars is not None  # set at load, with the scheduler
-        return await asyncio.to_thread(self.grammars.get, request.constraint)
+        return await self.grammars.get_async(request.constraint)
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """The request's deltas; with tools and ``auto`` (no constraint), calls become ``tool_calls``."""
@@ -212,21 +234,7 @@ class LocalEngine:
                 raise ModelNotFoundError(f"The adapter `{request.adapter}` is not registered.", param="model")
         self._check_logit_bias(request)
         prompt_ids = await asyncio.to_thread(self.encode_request, request)
-        where = "prompt" if request.prompt is not None else "messages"
-        if len(prompt_ids) > self.max_prefill_tokens:  # its prefill alone would pass the memory budget
-            raise ContextLengthError(
-                f"This server prefills at most {self.max_prefill_tokens} prompt tokens at once; your "
-                f"{where} have {len(prompt_ids)} tokens. Please shorten them.",
-                param=where,
-            )
-        wanted = len(prompt_ids) + request.sampling.max_tokens
-        if wanted > self.max_context:
-            raise ContextLengthError(
-                f"This model's maximum context length is {self.max_context} tokens. However, you requested "
-                f"{wanted} tokens ({len(prompt_ids)} in the {where}, {request.sampling.max_tokens} in the "
-                f"completion). Please reduce the length of the {where} or completion.",
-                param=where,
-            )
+        self._check_prompt(request, prompt_ids)
         grammar = await self._compile(request)
         job = Job(
             request=request,
@@ -241,13 +249,24 @@ class LocalEngine:
             while finished < request.n:
                 item = await job.queue.get()
                 if isinstance(item, BaseException):
-                    raise EngineFailure("The engine failed while generating this response.") from item
+                    raise _failure(item) from item
                 if item.finish_reason is not None:
                     finished += 1
                 yield item
         finally:
             if finished < request.n:
                 job.cancelled = True
+
+
+def _failure(exc: BaseException) -> Exception:
+    """What a request's failure in the worker becomes: the engine's (500), or its schema's (400)."""
+    if isinstance(exc, GrammarLimitError):  # the schema's grammar outgrew its limits while decoding
+        return InvalidRequestError(
+            "This JSON schema's grammar exceeded the server's limits while decoding; simplify the "
+            "schema (fewer or simpler patterns, bounded strings).",
+            param="response_format",
+        )
+    return EngineFailure("The engine failed while generating this response.")
 
 
 _NO_SAMPLING = SamplingParams(max_tokens=1)

@@ -35,6 +35,13 @@ class Job:
     queue_seconds: float | None = None  # submission -> taken into the batch; set when taken
     prompt_logprobs: list[TokenLogprob | None] | None = None  # set by the prefill when asked
 
+    @property
+    def group(self) -> str:
+        """The client request this job is part of: a completions request of several prompts runs
+        one job per prompt, with ids ``<request id>-<prompt index>`` (CompletionService.plan)."""
+        head, _, tail = self.request.request_id.rpartition("-")
+        return head if head and tail.isdigit() else self.request.request_id
+
     def send(self, item: Delta | BaseException) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -53,6 +60,7 @@ class LogprobTrail:
 
     def __init__(self) -> None:
         self._pending: list[_Pending] = []
+        self._released_end = 0  # where the text of the entries released so far ends
         self.picked: TokenLogprob | None = None  # the last pick's entry, until the token is accepted
 
     def add(self) -> None:
@@ -76,11 +84,36 @@ class LogprobTrail:
                 break
             count += 1
         out, self._pending = self._pending[:count], self._pending[count:]
+        if out:
+            self._released_end = out[-1].end or self._released_end
         return [item.entry for item in out]
 
     def rest(self) -> list[TokenLogprob]:
         out, self._pending = self._pending, []
         return [item.entry for item in out]
+
+    def before(self, cut: int) -> list[TokenLogprob]:
+        """A stop string cut the text at ``cut``: the entries of the tokens whose text begins before
+        it. Tokens wholly inside the cut text (the stop string, and what followed it) have none,
+        as their text is not in the answer.
+
+        Tokens that decode together (the bytes of one character) end where their text ends, so a
+        group of tokens with the same end begins where the group before it ended. The tokens the
+        last ``add`` decoded (the one that met the stop string) are not settled: they begin where
+        the last settled token ends.
+        """
+        kept: list[TokenLogprob] = []
+        start = last_end = self._released_end
+        for item in self._pending:
+            if item.end is None:
+                start = last_end
+            elif item.end != last_end:
+                start, last_end = last_end, item.end
+            if start >= cut:
+                break
+            kept.append(item.entry)
+        self._pending = []
+        return kept
 
 
 @dataclass(eq=False)
@@ -111,10 +144,10 @@ class Row:
             self._finish(self.text.flush(), "stop")
             return
         text = self.text.add(token, check_stops=self.generated >= params.min_tokens)
-        if self.trail is not None:
+        if self.trail is not None and not self.text.stopped:  # the cut text would misplace the ends
             self.trail.settle(self.text)
-        if self.text.stopped:
-            self._finish(text, "stop")
+        if self.text.stopped:  # a stop string: the tokens of the text it cut have no entries
+            self._finish(text, "stop", cut=len(self.text.text))
         elif self.grammar is not None and self.grammar.done:  # the JSON is complete
             self._finish(text + self.text.flush(), "stop")
         elif self.generated >= params.max_tokens:
@@ -135,9 +168,12 @@ class Row:
         if self.trail is not None:
             self.trail.add()
 
-    def _finish(self, text: str, reason: FinishReason) -> None:
+    def _finish(self, text: str, reason: FinishReason, cut: int | None = None) -> None:
         self.finished = True
-        delta = self._delta(text, self.trail.rest() if self.trail is not None else None)
+        entries = None
+        if self.trail is not None:
+            entries = self.trail.rest() if cut is None else self.trail.before(cut)
+        delta = self._delta(text, entries)
         delta.finish_reason = reason
         delta.prompt_tokens, delta.completion_tokens = len(self.job.prompt_ids), self.generated
         self.job.send(delta)

@@ -34,6 +34,7 @@ from .sampling import make_bias, make_generator, needs_processing, next_token
 from .text import Detokenizer, TextStream
 
 log = logging.getLogger(__name__)
+_TURNS_KEPT = 4096  # requests whose last turn is remembered
 
 
 __all__ = ["Job", "Scheduler"]
@@ -64,6 +65,8 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens  # jobs x longest prompt, per prefill (its memory)
         self._waiting: deque[Job] = deque()
+        self._turns = 0  # jobs taken so far
+        self._last_turn: dict[str, int] = {}  # request (Job.group) -> the turn its last job was taken
         self._wake = threading.Condition()
         self._closing = False
         self._rows: list[Row] = []
@@ -120,7 +123,12 @@ class Scheduler:
         self._fail_all(RuntimeError("the engine is shutting down"), waiting=True)
 
     def _take_waiting(self) -> list[Job]:
-        """The next jobs in order, as many as free rows and the prefill's token budget allow.
+        """The next jobs, as many as free rows and the prefill's token budget allow.
+
+        Fair between requests: the next job is the first waiting one of the request with the
+        fewest rows in the batch (and just taken), then of the one whose last turn is the oldest,
+        so one request of many jobs (``/v1/completions`` with 256 prompts: a job each) cannot
+        queue every later request behind all of them. Among equals, first come, first served.
 
         A job alone is always taken (its prompt is within the budget: the engine refuses longer
         ones), so a long prompt is prefilled on its own rather than padding every short one to it.
@@ -129,11 +137,13 @@ class Scheduler:
         taken: list[Job] = []
         width = 0
         with self._wake:
-            while self._waiting and room > 0:
-                job = self._waiting[0]
-                if job.cancelled:
-                    self._waiting.popleft()
-                    continue
+            load: dict[str, int] = {}  # rows per request, in the batch and taken
+            for row in self._rows:
+                load[row.job.group] = load.get(row.job.group, 0) + 1
+            while room > 0:
+                job = self._next_fair(load)
+                if job is None:
+                    break
                 if job.request.n > room and (taken or self._rows):
                     break  # wait until enough rows are free
                 alone = job.request.sampling.prompt_logprobs  # prefilled alone: its positions are read
@@ -143,11 +153,34 @@ class Scheduler:
                 if taken and (len(taken) + 1) * wider > self.max_prefill_tokens:
                     break  # the next prefill takes it
                 width = wider
-                self._waiting.popleft()
+                self._waiting.remove(job)
                 job.queue_seconds = time.monotonic() - job.submitted
                 taken.append(job)
                 room -= job.request.n
+                load[job.group] = load.get(job.group, 0) + job.request.n
+                self._turns += 1
+                self._last_turn[job.group] = self._turns
+        if len(self._last_turn) > _TURNS_KEPT:  # forget requests that wait no more
+            waiting = {job.group for job in self._waiting}
+            self._last_turn = {g: t for g, t in self._last_turn.items() if g in waiting}
         return taken
+
+    def _next_fair(self, load: dict[str, int]) -> Job | None:
+        """The first waiting job of the request with the fewest rows in ``load``, then the oldest
+        last turn; drops cancelled jobs."""
+        while self._waiting and self._waiting[0].cancelled:
+            self._waiting.popleft()
+        best: Job | None = None
+        best_key = (0, 0)
+        for job in self._waiting:
+            if job.cancelled:
+                continue
+            key = (load.get(job.group, 0), self._last_turn.get(job.group, 0))
+            if best is None or key < best_key:
+                best, best_key = job, key
+                if key == (0, 0):  # a request with nothing running that never had a turn
+                    break
+        return best
 
     def _admit(self) -> None:
         jobs = self._with_adapters_loaded(self._take_waiting())

@@ -87,7 +87,8 @@ class ToolCallParser:
 
     def _finish(self, last: Delta) -> Delta:
         held = self._text[self._released :]
-        parsed = parse_calls(held, self._names) if self._in_call else None
+        # the tag may come in the finishing delta itself (text held back until the end)
+        parsed = parse_calls(held, self._names) if self._in_call or OPEN in held else None
         if parsed is None:
             out = self._delta(held, self._entries(len(self._text)))
             out.finish_reason = last.finish_reason
