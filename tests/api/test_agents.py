@@ -204,3 +204,26 @@ def test_smollm2_agent_with_the_sdk_and_langchain(smollm2_server: LiveServer) ->
     )
     forecast = llm.with_structured_output(Forecast).invoke("Forecast: Oslo, cloudy. Note: bring a coat.")
     assert isinstance(forecast, Forecast) and forecast.city == "Oslo"
+    with client.chat.completions.stream(
+        model=SMOLLM2, messages=ASK, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=64
+    ) as events:
+        streamed = events.get_final_completion()
+    valid_call((streamed.choices[0].message.tool_calls or [None])[0])
+    parsed = client.chat.completions.parse(
+        model=SMOLLM2, messages=ASK, response_format=Forecast, temperature=0, max_tokens=64
+    )
+    assert isinstance(parsed.choices[0].message.parsed, Forecast)
+    logprobs = client.chat.completions.create(
+        model=SMOLLM2, messages=ASK, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    )
+    assert logprobs.choices[0].logprobs is not None and logprobs.choices[0].logprobs.content
+    # the two-turn agent loop: a forced call, the tool's result sent back, a final answer
+    history: list[object] = [HumanMessage("What is the weather in Paris, in celsius?")]
+    first = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(history)
+    (call,) = first.tool_calls
+    jsonschema.validate(call["args"], WEATHER["function"]["parameters"])
+    history += [first, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
+    final = llm.bind_tools([get_weather]).invoke(history)
+    assert final.content or final.tool_calls, final  # an answer, or (the model's choice) another valid call
+    for again in final.tool_calls:
+        jsonschema.validate(again["args"], WEATHER["function"]["parameters"])
