@@ -18,12 +18,11 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service import http_server
+from service import http_server, uvicorn_canary
 from service.config import Settings
-from service.http_server import (
+from service.http_server import GatewayHttpProtocol, server_options
+from service.uvicorn_canary import (
     UVICORN_TESTED,
-    GatewayHttpProtocol,
-    server_options,
     uvicorn_internals_missing,
     uvicorn_version_tested,
     warn_if_untested_uvicorn,
@@ -57,7 +56,7 @@ def test_a_release_outside_the_tested_range_is_warned_about(caplog: pytest.LogCa
     low, high = UVICORN_TESTED
     inside, below, above = f"{low[0]}.{low[1]}.7", f"{low[0]}.{low[1] - 1}.9", f"{high[0]}.{high[1]}.0"
     assert [uvicorn_version_tested(v) for v in (inside, below, above, "1.0.0")] == [True, False, False, False]
-    with caplog.at_level(logging.WARNING, logger=http_server.__name__):
+    with caplog.at_level(logging.WARNING, logger=uvicorn_canary.__name__):
         warn_if_untested_uvicorn(inside)
         assert caplog.records == []
         warn_if_untested_uvicorn(above)
@@ -117,7 +116,7 @@ def test_a_changed_internal_falls_back_to_uvicorn_s_own_protocol_with_one_warnin
     settings = Settings(max_connections=7, keep_alive_timeout=6)
     assert issubclass(server_options(settings)["http"], GatewayHttpProtocol)
     CHANGES[named](monkeypatch)
-    with caplog.at_level(logging.WARNING, logger=http_server.__name__):
+    with caplog.at_level(logging.WARNING, logger=uvicorn_canary.__name__):
         options = server_options(settings)
     assert options == {
         "http": "httptools",
