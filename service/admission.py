@@ -12,11 +12,12 @@ that a slow sender holds a connection (until ``body_timeout``), never a place in
   ``VLLM_RUNNING`` per replica (vLLM's default ``--max-num-seqs``): the gateway counts its own
   requests in flight to the replicas rather than asking them. The count is an integer on the
   event loop: no lock, no await. A request counts as one, whatever its ``n`` or prompts.
-- **Deadlines.** A request runs in a cancel scope whose deadline is ``request_timeout`` after its
-  admission (planning, adapter loads, the limits, the engine and the relay of the answer
-  included): the pipeline then ends it with 504, or, once a stream has begun, with an error event
-  and ``[DONE]``; cancelling the work closes the engine's stream, which aborts it. The services
-  wait at most ``first_token_timeout`` for the first delta (:func:`first_delta`): 504 as well.
+- **Deadlines.** A request runs in a scope (``service/cancel.py``) whose deadline is
+  ``request_timeout`` after its admission (planning, adapter loads, the limits, the engine and
+  the relay of the answer included): the pipeline then ends it with 504, or, once a stream has
+  begun, with an error event and ``[DONE]``; cancelling the work closes the engine's stream,
+  which aborts it. The services wait at most ``first_token_timeout`` for the first delta
+  (:func:`first_delta`): 504 as well.
 - **Drain.** :meth:`Admission.drain` (``loragate serve``'s server calls it when it starts shutting
   down: ``service/http_server.py``) refuses new generating requests with 503 (code
   ``server_shutting_down``, ``Retry-After: 1``) and makes ``/ready`` answer 503. Answers in
@@ -32,8 +33,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-import anyio
-
+from .cancel import RequestScope
 from .errors import GatewayTimeoutError, LoragateError, OverloadedError, ShuttingDownError
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class Admission:
         self.shutdown_grace = shutdown_grace
         self.draining = False  # no new generating request is admitted
         self.ended = False  # shutdown_grace ran out: what still runs was ended
-        self._running: set[anyio.CancelScope] = set()
+        self._running: set[RequestScope] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Admission:
@@ -89,8 +89,8 @@ class Admission:
         """Generating requests in flight, per engine."""
         return {gate.name: gate.count for gate in self._gates.values()}
 
-    def enter(self, route: str) -> tuple[Gate, anyio.CancelScope]:
-        """Admit a request of ``route``: its gate (to ``leave``) and the cancel scope to run it in,
+    def enter(self, route: str) -> tuple[Gate, RequestScope]:
+        """Admit a request of ``route``: its gate (to ``leave``) and the scope to run it in,
         whose deadline is ``request_timeout`` from now. 429 when the engine is full, 503 while draining.
         """
         if self.draining:
@@ -99,17 +99,17 @@ class Admission:
         if gate.count >= gate.limit:
             raise OverloadedError("The server is overloaded with other requests; retry shortly.")
         gate.count += 1
-        scope = anyio.CancelScope(deadline=anyio.current_time() + self.request_timeout)
+        scope = RequestScope(asyncio.get_running_loop().time() + self.request_timeout)
         self._running.add(scope)
         return gate, scope
 
-    def leave(self, gate: Gate, scope: anyio.CancelScope) -> None:
+    def leave(self, gate: Gate, scope: RequestScope) -> None:
         gate.count -= 1
         self._running.discard(scope)
 
-    def interrupted(self, scope: anyio.CancelScope) -> LoragateError:
+    def interrupted(self, scope: RequestScope) -> LoragateError:
         """Why ``scope`` (a request's, from ``enter``) was cancelled: the drain's end, or its deadline."""
-        if self.ended and anyio.current_time() < scope.deadline:
+        if scope.reason == "ended":
             return ShuttingDownError(
                 f"The server is shutting down: this answer did not finish within the {self.shutdown_grace:g}"
                 " seconds given to answers in flight (shutdown_grace). Retry it."
@@ -138,7 +138,7 @@ class Admission:
         if self._running:
             log.warning("shutdown_grace is over: ending %d answers still in flight", len(self._running))
         for scope in list(self._running):
-            scope.cancel()
+            scope.cancel("ended")
 
 
 async def first_delta(deltas: AsyncIterator[T], timeout: float) -> T | None:
@@ -146,6 +146,11 @@ async def first_delta(deltas: AsyncIterator[T], timeout: float) -> T | None:
 
     The caller closes ``deltas`` whatever happens, which aborts the engine's work.
     """
-    with anyio.move_on_after(timeout):
-        return await anext(deltas, None)
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
+            return await anext(deltas, None)
+    except TimeoutError:
+        if not limit.expired():
+            raise  # the engine's own
     raise GatewayTimeoutError(f"No token was generated within {timeout:g} seconds (first_token_timeout).")

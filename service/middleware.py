@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import accounting
 from .accounting import new_facts
 from .errors import LoragateError, RequestTooLargeError
+from .ids import unique_hex
 from .ledger.records import Route as LedgerRoute
 from .metrics import Metrics, attach
 
@@ -41,7 +41,7 @@ def client_request_id(raw: bytes) -> str:
 
 
 def new_request_id() -> str:
-    return f"req-{secrets.token_hex(16)}"
+    return f"req-{unique_hex()}"
 
 
 def request_id_of(scope: Scope) -> str:

@@ -10,13 +10,13 @@ that changes the output is silently ignored (docs/api.md has the table).
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from .errors import InvalidRequestError
+from .ids import unique_hex
 
 MIN_REPETITION_PENALTY = 0.01
 MAX_LOGIT_BIAS = 1024  # entries; each is applied to every row that asks, at every step
@@ -318,7 +318,7 @@ class Choice(BaseModel):
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{secrets.token_hex(16)}"
+    return f"chatcmpl-{unique_hex()}"
 
 
 class ChatCompletion(BaseModel):

@@ -9,12 +9,12 @@ extras). The fields OpenAI knows but the gateway cannot honour (``suffix``, toke
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .ids import unique_hex
 from .protocol import SamplingFields, Usage
 
 MAX_LOGPROBS = 20  # OpenAI allows 5; vLLM's default max_logprobs is 20
@@ -51,7 +51,7 @@ class CompletionChoice(BaseModel):
 
 
 def new_text_completion_id() -> str:
-    return f"cmpl-{secrets.token_hex(16)}"
+    return f"cmpl-{unique_hex()}"
 
 
 class Completion(BaseModel):

@@ -18,7 +18,7 @@ A request, in order:
    :class:`Answer` (JSON or SSE).
 
 A client that leaves cancels the handler and the relay of its answer (which aborts the engine's
-work), on every route: ``until_disconnected`` puts them in an anyio cancel scope. A generating
+work), on every route: ``until_disconnected`` runs them in a scope (``service/cancel.py``). A generating
 request's scope is its admission's: its deadline is ``request_timeout``, and the drain cancels it
 once ``shutdown_grace`` is over; the client then gets 504 or 503, or, when its stream has begun,
 the error as an event and ``[DONE]``.
@@ -27,16 +27,17 @@ the error as an event and ``[DONE]``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..cancel import RequestScope, ScopeEnded
 from ..errors import (
     ClientDisconnected,
     InvalidRequestError,
@@ -150,7 +151,7 @@ async def _answer(
     body: Any,
     receive: Receive,
     send: Send,
-    scope: anyio.CancelScope | None = None,
+    scope: RequestScope | None = None,
 ) -> None:
     """The handler's answer, sent as it comes; the client leaving cancels it (as does ``scope``)."""
     started = False
@@ -202,9 +203,10 @@ async def _interrupted(error: LoragateError, sent: _Sent, metrics: RequestMetric
     if sent.end or not sent.stream:  # answered, or a JSON body cut after its head: nothing to mend
         return
     metrics.fail(error.error_type)
-    with anyio.move_on_after(LAST_WRITE_SECONDS):  # the client may not be reading
-        last = event(error.envelope()) + DONE
-        await sent({"type": "http.response.body", "body": last.encode(), "more_body": False})
+    last = event(error.envelope()) + DONE
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LAST_WRITE_SECONDS):  # the client may not be reading
+            await sent({"type": "http.response.body", "body": last.encode(), "more_body": False})
 
 
 async def _body(route: ApiRoute, receive: Receive, metrics: RequestMetrics | None) -> Any:
@@ -336,37 +338,32 @@ class Interrupted(Exception):
     """The request's own cancel scope ended its work: its deadline passed, or the drain ended it."""
 
 
-async def until_disconnected(
-    receive: Receive, work: Awaitable[T], scope: anyio.CancelScope | None = None
-) -> T:
+async def until_disconnected(receive: Receive, work: Awaitable[T], scope: RequestScope | None = None) -> T:
     """Run ``work`` in this task; if the client goes away first, cancel it and raise ClientDisconnected.
 
-    ``work`` runs in ``scope`` when given (a generating request's, from its admission): when that is
-    cancelled (its deadline, the drain), ``work`` is cancelled and ``Interrupted`` raised.
+    ``work`` runs in ``scope`` when given (a generating request's, from its admission): when that
+    ends it (its deadline, the drain), ``Interrupted`` is raised.
 
     One watcher task per request, not a task for the work as well: a task costs more than all the
-    bookkeeping a route does for the request. anyio's cancel scope tells its own cancellation from
-    anyone else's (a server shutting down), so only a client that left becomes ClientDisconnected.
+    bookkeeping a route does for the request. The scope tells its own cancellation from anyone
+    else's (a server shutting down), so only a client that left becomes ClientDisconnected.
     """
-    scope = anyio.CancelScope() if scope is None else scope
-    left = False
-    with scope:
+    scope = RequestScope() if scope is None else scope
 
-        def cancel_work(done: asyncio.Future[None]) -> None:
-            nonlocal left
-            if not (done.cancelled() or done.exception()):
-                left = True
-                scope.cancel()
+    def cancel_work(done: asyncio.Future[None]) -> None:
+        if not (done.cancelled() or done.exception()):
+            scope.cancel("client")
 
-        watcher = asyncio.ensure_future(_disconnect(receive))
-        watcher.add_done_callback(cancel_work)
-        try:
-            return await work
-        finally:
-            watcher.cancel()
-    if left:
-        raise ClientDisconnected("The client closed the connection.")
-    raise Interrupted()
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    watcher.add_done_callback(cancel_work)
+    try:
+        return await scope.run(work)
+    except ScopeEnded as ended:
+        if ended.reason == "client":
+            raise ClientDisconnected("The client closed the connection.") from None
+        raise Interrupted() from None
+    finally:
+        watcher.cancel()
 
 
 async def _disconnect(receive: Receive) -> None:

@@ -1,6 +1,8 @@
 """The ledger's writer: records are committed off the request path, and each caller learns when its record is.
 
-``Ledger.record(rec)`` puts the record on a queue and returns a future. One thread owns the writer
+``Ledger.record(rec)`` returns a future; the records of one pass of the event loop go onto the
+writer's queue together, at the end of that pass (one wake of the writer thread per pass, not per
+record: under load that wake was the ledger's largest cost on the event loop). One thread owns the writer
 connection; it takes everything queued, commits it in one transaction (group commit) and then
 resolves the futures of that batch on their event loop (one ``call_soon_threadsafe`` per batch).
 The gateway awaits the future before it sends the last bytes of an answer: an answer that a
@@ -42,6 +44,7 @@ _R = TypeVar("_R")
 
 Entry: TypeAlias = UsageRecord | AuditEntry
 _Item: TypeAlias = tuple[Entry, "asyncio.Future[None] | None", "asyncio.AbstractEventLoop | None"]
+_Items: TypeAlias = list[_Item]  # what goes on the queue: the records of one loop pass, or one record
 _CLOSE = object()  # the queue's last item
 MAX_BATCH = 5000  # records per transaction, at most
 RETRY_FIRST, RETRY_MAX = 0.2, 10.0  # seconds between attempts to reach a lost database
@@ -75,7 +78,8 @@ class Ledger:
         self._batch_seconds = batch_seconds
         self._purge_every = purge_every
         self._name = name
-        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Items | object] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, _Items] = {}  # this loop pass's records, per loop
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="loragate-ledger", daemon=True)
         self._started = threading.Event()
@@ -117,15 +121,24 @@ class Ledger:
         """Queues ``record`` with no one waiting for it (a failed request, a thread without a loop)."""
         if self._closed:
             raise LedgerClosed(f"the {self._name} is closed")
-        self._queue.put((record, None, None))
+        self._queue.put([(record, None, None)])
 
     def _submit(self, entry: Entry) -> asyncio.Future[None]:
         if self._closed:
             raise LedgerClosed(f"the {self._name} is closed")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((entry, future, loop))
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        pending.append((entry, future, loop))
         return future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        items = self._pending.pop(loop, None)
+        if items:
+            self._queue.put(items)
 
     # -- reads (blocking; the admin API runs them in a worker thread) ------------------------------
     def usage_report(self, query: ReportQuery) -> list[ReportRow]:
@@ -150,6 +163,8 @@ class Ledger:
         """Writes everything queued, then closes the database; ``record`` then raises ``LedgerClosed``."""
         if not self._closed:
             self._closed = True
+            for loop in list(self._pending):  # records of a loop pass that has not ended yet
+                self._hand_over(loop)
             self._queue.put(_CLOSE)
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -204,7 +219,7 @@ class Ledger:
             return [], False
         if first is _CLOSE:
             return self._drain([])[0], True
-        batch, closing = self._drain([first])  # type: ignore[list-item]
+        batch, closing = self._drain(list(first))  # type: ignore[call-overload]
         if len(batch) > 1 and not closing:
             # a backlog: under load. Gather until a batch period after the previous commit.
             deadline = self._last_commit + self._batch_seconds
@@ -215,7 +230,7 @@ class Ledger:
                     break
                 if item is _CLOSE:
                     return self._drain(batch)[0], True
-                batch.append(item)  # type: ignore[arg-type]
+                batch.extend(item)  # type: ignore[arg-type]
         return batch, closing
 
     def _drain(self, batch: list[_Item]) -> tuple[list[_Item], bool]:
@@ -229,7 +244,7 @@ class Ledger:
             if item is _CLOSE:
                 closing = True
             else:
-                batch.append(item)  # type: ignore[arg-type]
+                batch.extend(item)  # type: ignore[arg-type]
         return batch, closing
 
     def _commit(self, batch: list[_Item]) -> None:
