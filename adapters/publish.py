@@ -11,6 +11,10 @@ Refuses (exit status 1, every reason listed) when:
   compliance, and for L3 the judge's win rate over L2.
 Otherwise the registry copies the adapter in as a new version with a manifest that carries its
 sha256 and evaluation figures. Publishing the same weights again returns the existing version.
+
+The registry is the recipe's ``publish.registry``: a folder, or ``s3://bucket/prefix`` (object
+storage that every gateway reads; the endpoint and credentials as the gateway finds them:
+LORAGATE_S3_ENDPOINT_URL, boto3's AWS chain; see docs/registry.md).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Literal
 import yaml
 
 from service.config import Settings
-from service.registry import CONFIG, WEIGHTS, Adapter, Registry, check_servable, sha256_of
+from service.registry import CONFIG, WEIGHTS, Adapter, Registry, check_servable, open_store, sha256_of
 
 from .recipe import GateSpec, Recipe
 from .runs import StepError, finished_adapter
@@ -64,9 +68,20 @@ def _evaluation(recipe: Recipe, step: str, adapter: Path) -> dict[str, Any]:
     return dict(json.loads((folder / "metrics.json").read_text()))
 
 
+def registry_location(location: Path | str) -> str:
+    """A recipe's registry as a folder or an s3:// URL (its ``Path`` field folds ``s3://`` to ``s3:/``)."""
+    text = str(location)
+    return "s3://" + text[len("s3:/") :].lstrip("/") if text.startswith("s3:/") else text
+
+
 def registry_for(recipe: Recipe, model_name: str = SERVED_MODEL_NAME) -> Registry:
     base = recipe.base_model
-    return Registry(recipe.publish.registry, model_name, base_aliases=(str(base), base.name))
+    location = registry_location(recipe.publish.registry)
+    if not location.startswith("s3://"):
+        return Registry(Path(location), model_name, base_aliases=(str(base), base.name))
+    settings = Settings()  # the S3 endpoint and sync cache, as the gateway on this host has them
+    store = open_store(location, cache_dir=settings.registry_cache_dir, endpoint_url=settings.s3_endpoint_url)
+    return Registry(store, model_name, base_aliases=(str(base), base.name))
 
 
 def publish(recipe: Recipe, level: Literal["L2", "L3"], model_name: str = SERVED_MODEL_NAME) -> Adapter:

@@ -35,7 +35,6 @@ from .embeddings import EmbeddingService
 from .engines.base import Engine, ReportsEvents
 from .errors import LoragateError, MethodNotAllowedError, NotFoundError, error_envelope
 from .gpu import GpuCollector
-from .keys import KeyStore
 from .ledger import open_ledger
 from .limits import build_limiter
 from .metrics import Metrics
@@ -44,8 +43,8 @@ from .planning import Planner
 from .prompts import TemplateStore
 from .registry import Registry
 from .serving import ChatService
+from .shared_state import build_tenancy
 from .state import AppState
-from .tenancy import Tenancy, TenantDirectory
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,10 @@ EngineFactory = Callable[[Settings], Engine]
 
 def local_engine(settings: Settings, engine: Callable[..., Engine] | None = None) -> Engine:
     """The embedded engine on ``settings``; ``engine``: a LocalEngine subclass or partial (tests)."""
+    from .model_store import prepare_model, require_extra
+
+    require_extra("local", "the embedded engine (engine: local)")  # a clear error on the slim install
     from .engines.local.engine import LocalEngine
-    from .model_store import prepare_model
 
     path = settings.resolved_model_path
     return (engine or LocalEngine)(
@@ -115,11 +116,6 @@ def default_engine(settings: Settings) -> Engine:
     return ENGINES[settings.engine](settings)
 
 
-def build_tenancy(settings: Settings) -> Tenancy:
-    tenants = TenantDirectory(settings.tenants_file, settings.model_name)
-    return Tenancy(tenants, KeyStore(settings.keys_file, tenants), settings.model_name, settings.api_key)
-
-
 def engine_kind(engine: Engine) -> str:
     """``LocalEngine`` -> ``local``: the build_info label."""
     return type(engine).__name__.removesuffix("Engine").lower() or "unknown"
@@ -168,7 +164,7 @@ def create_app(
         if isinstance(engine, ReportsEvents):
             engine.subscribe(telemetry)
         telemetry.build_info(__version__, engine_kind(engine), settings.model_name)
-        tenancy = build_tenancy(settings)
+        tenancy = await asyncio.to_thread(build_tenancy, settings)  # state_url: connects and loads
         registry = Registry.from_settings(settings)
         templates = TemplateStore(
             settings.prompts_dir,
@@ -205,6 +201,7 @@ def create_app(
             await engine.close()
             await state.limiter.aclose()
             await state.ledger.aclose()  # last: every answer's record is written
+            await asyncio.to_thread(state.tenancy.close)  # state_url: stops the watcher
             gpu.close()
 
     api = ApiRouter(API_ROUTES, max_body_bytes=settings.max_request_bytes, metrics=telemetry)

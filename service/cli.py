@@ -7,6 +7,7 @@
     loragate keys list                                 ids, tenants, departments; never keys
     loragate adapters list|publish|promote|rollback    the adapter registry
     loragate usage report --since DATE --by GROUP      the usage ledger, per department|adapter|key|tenant
+    loragate state import|show                         keys and tenants in the shared database (state_url)
     loragate train sft|reward|rl|dpo|rlaif|eval|publish  the adapter factory (adapters/cli.py)
 
 Every setting is an option of ``serve`` (``loragate serve --help``) and an
@@ -26,11 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli_registry import add_adapter_commands, add_ledger_option, run_adapters
+from .cli_state import add_state_commands, run_state
 from .cli_usage import add_usage_commands, run_usage
 from .config import Settings, SettingsError, load_settings
+from .model_store import MissingExtraError, require_extra
 
 if typing.TYPE_CHECKING:
-    from .keys import KeyStore
+    from .keys import KeyDirectory
 
 _SECRET_FIELDS = {"api_key", "admin_api_key"}  # not on the command line: they would show in `ps`
 TRAIN_HELP = "the adapter factory: sft, reward, rl, dpo, rlaif, eval, publish"
@@ -80,7 +83,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_keys_commands(commands)
     add_adapter_commands(commands)
     add_usage_commands(commands)
+    add_state_commands(commands)
     if list(argv[:1]) == ["train"]:
+        require_extra("train", "loragate train")
         from adapters.cli import add_train_commands
 
         add_train_commands(commands, TRAIN_HELP)
@@ -101,6 +106,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(config, **overrides)
 
 
+def _require_engine_extras(settings: Settings) -> None:
+    """The slim install (no [local] extra) serves ``--engine vllm`` only; say so before start-up."""
+    if settings.engine == "local":
+        require_extra("local", "--engine local (the embedded engine)")
+    elif settings.spawn and settings.model_path is None:
+        require_extra("local", "--spawn without --model-path (the packaged model is prepared here first)")
+    if settings.local_embedding_model is not None and not settings.embeddings_upstream:
+        require_extra("local", "local_embedding_model")
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -108,6 +123,7 @@ def serve(settings: Settings) -> None:
     from .http_server import GatewayServer, fit_file_limit, server_options
     from .model_store import prepare_model
 
+    _require_engine_extras(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -168,7 +184,7 @@ def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     listing = actions.add_parser("list", help="ids, tenants, departments and status; never keys")
     for action in (create, revoke, listing):
         action.add_argument("--config", type=Path, help="YAML settings file (env LORAGATE_CONFIG)")
-        for name in ("tenants_file", "keys_file"):
+        for name in ("tenants_file", "keys_file", "state_url"):
             field = Settings.model_fields[name]
             action.add_argument(
                 "--" + name.replace("_", "-"),
@@ -185,13 +201,14 @@ def run_keys(args: argparse.Namespace) -> int:
     from .admin import operations
     from .admin.audit import record_from_cli
     from .errors import LoragateError
-    from .keys import KeyStore, KeyStoreError
+    from .keys import KeyStoreError
     from .limits import Limits
-    from .tenancy import TenantDirectory, TenantsFileError
+    from .shared_state import open_directories
+    from .tenancy import TenantsFileError
 
     settings = _settings(args)
     try:
-        store = KeyStore(settings.keys_file, TenantDirectory(settings.tenants_file, settings.model_name))
+        _, store = open_directories(settings, watch=False)  # the files, or state_url's database
         if args.keys_command == "create":
             limits = Limits.parse(_limit_options(args.limits)) if args.limits else None
             created = operations.create_key(store, args.tenant, args.department, limits)
@@ -204,7 +221,7 @@ def run_keys(args: argparse.Namespace) -> int:
             record, change = revoked.value, revoked.change
             print(f"Revoked API key {record.key_id} (tenant {record.tenant}).")
         else:
-            _print_keys(store, settings.keys_file)
+            _print_keys(store)
             return 0
     except (TenantsFileError, KeyStoreError) as exc:
         print(f"loragate: {exc}", file=sys.stderr)
@@ -232,10 +249,10 @@ def _limit_options(options: list[str]) -> dict[str, str]:
     return limits
 
 
-def _print_keys(store: KeyStore, path: Path) -> None:
+def _print_keys(store: KeyDirectory) -> None:
     records = store.list()
     if not records:
-        print(f"No API keys in {path}.")
+        print(f"No API keys in {store.source}.")
         return
     rows = [("ID", "TENANT", "DEPARTMENT", "CREATED", "STATUS")]
     rows += [
@@ -249,13 +266,14 @@ def _print_keys(store: KeyStore, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         if args.command == "serve":
             serve(_settings(args))
         elif args.command == "prepare-model":
             from .model_store import prepare_model
 
+            require_extra("local", "loragate prepare-model")
             data_dir = args.data_dir or load_settings().data_dir
             print(prepare_model(Settings(data_dir=data_dir).resolved_model_path))
         elif args.command == "keys":
@@ -264,12 +282,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_adapters(args, _settings(args))
         elif args.command == "usage":
             return run_usage(args, _settings(args))
+        elif args.command == "state":
+            return run_state(args, _settings(args))
         elif args.command == "train":
             from adapters.cli import run_train
 
             return run_train(args)
     except SettingsError as exc:
         print(f"loragate: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    except MissingExtraError as exc:
+        print(f"loragate: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -122,6 +122,34 @@ class Settings(BaseSettings):
     affinity_slack: int = Field(
         4, ge=0, description="requests a replica holding the adapter may have beyond the least busy one"
     )
+    upstream_api_key: SecretStr | None = Field(
+        None, description="a Bearer key the vLLM replicas require (their --api-key); sent on every hop"
+    )
+    upstream_ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the CAs that https:// upstreams are verified against; default: the system's",
+    )
+    upstream_resolve_interval: float = Field(
+        10.0,
+        gt=0,
+        description="seconds between DNS lookups of the upstream host names; each address is a replica",
+    )
+    registry_url: str | None = Field(
+        None,
+        description="s3://bucket/prefix: the adapter registry on object storage, shared by every gateway;"
+        " default: registry_dir on local disk",
+    )
+    registry_cache_dir: Path = Field(
+        Path("data/registry-cache"), description="where adapter versions from an s3:// registry are synced to"
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="an S3-compatible server's URL (MinIO, Ceph, moto); default: AWS S3"
+    )
+    state_url: str | None = Field(
+        None,
+        description="postgresql://...: keys and tenants in a database that several gateways share;"
+        " default: keys_file and tenants_file",
+    )
     upstream_connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to a vLLM replica")
     upstream_read_timeout: float = Field(300.0, gt=0, description="seconds a vLLM replica may stay silent")
     health_interval: float = Field(2.0, gt=0, description="seconds between vLLM replica health checks")

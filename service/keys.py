@@ -10,6 +10,10 @@ The keys file (JSON, mode 0600, ``LORAGATE_KEYS_FILE``)::
 file, then ``os.replace``); a running gateway re-reads it when it changes, so a new or revoked key
 takes effect on the next request, with no restart.
 
+With ``state_url`` the keys live in PostgreSQL instead (``service.shared_state.SharedKeyStore``),
+shared by several gateways; both stores are a :class:`KeyDirectory`, which is all the rest of the
+gateway sees.
+
 Why plain SHA-256 and not a slow password hash: keys are 256 random bits (``secrets``), not
 something a person chose, so there is no dictionary to try and brute force is out of reach; a slow
 hash would only add its cost to every request.
@@ -73,6 +77,34 @@ class Scopes(Protocol):
     def check_scope(self, tenant: str, department: str | None) -> None: ...
 
 
+class KeyDirectory(Protocol):
+    """Where the keys are kept: the keys file (:class:`KeyStore`) or the shared database.
+
+    ``lookup`` is the hot path (every request): it never does I/O beyond a ``stat``. ``find`` is
+    ``lookup`` for an async caller, and may ask the database about a key this process has not
+    heard of yet (one created on another gateway a moment ago).
+    """
+
+    tenants: Scopes
+
+    @property
+    def source(self) -> str: ...  # where the keys are, for messages: a path, or a redacted URL
+
+    def create(
+        self, tenant: str, department: str | None = None, limits: Limits | None = None
+    ) -> tuple[str, str]: ...
+
+    def revoke(self, key_id: str) -> KeyRecord: ...
+
+    def lookup(self, key: str) -> KeyRecord | None: ...
+
+    async def find(self, key: str) -> KeyRecord | None: ...
+
+    def list(self) -> builtins.list[KeyRecord]: ...
+
+    def close(self) -> None: ...
+
+
 class _Keys(NamedTuple):
     entries: _Entries
     active: Mapping[str, KeyRecord]  # hash -> record, the keys not revoked
@@ -82,8 +114,22 @@ class _Keys(NamedTuple):
         return cls(entries, {digest: record for digest, record in entries if not record.revoked})
 
 
-def _digest(key: str) -> str:
+def key_digest(key: str) -> str:
+    """What is stored of a key: its SHA-256, hex (see the module doc for why no slower hash)."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    return ID_PREFIX + secrets.token_hex(4)
+
+
+def utc_now() -> str:
+    """A key's ``created``: ISO 8601, UTC, to the second."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class KeyStore:
@@ -109,15 +155,15 @@ class KeyStore:
         The key itself is returned once and stored nowhere; only its hash is written.
         """
         self.tenants.check_scope(tenant, department)
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        key = new_key()
+        created = utc_now()
         with self._update() as entries:
             taken = {record.key_id for _, record in entries}
-            key_id = ID_PREFIX + secrets.token_hex(4)
+            key_id = new_key_id()
             while key_id in taken:
-                key_id = ID_PREFIX + secrets.token_hex(4)
+                key_id = new_key_id()
             record = KeyRecord(key_id, tenant, department, created, limits=limits or None)
-            entries.append((_digest(key), record))
+            entries.append((key_digest(key), record))
         return key_id, key
 
     def revoke(self, key_id: str) -> KeyRecord:
@@ -131,7 +177,22 @@ class KeyStore:
 
     def lookup(self, key: str) -> KeyRecord | None:
         """The record of an active key, or None (unknown or revoked): one dict lookup by its hash."""
-        return self._keys.current().active.get(_digest(key))
+        return self._keys.current().active.get(key_digest(key))
+
+    async def find(self, key: str) -> KeyRecord | None:
+        """``lookup``: the file is the whole truth, there is nothing else to ask."""
+        return self.lookup(key)
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    def entries(self) -> _Entries:
+        """The file's ``(sha256, record)`` pairs, revoked ones too: what ``loragate state import`` copies."""
+        return self._read()
+
+    def close(self) -> None:
+        """Nothing to release: the file is read on demand."""
 
     def list(self) -> builtins.list[KeyRecord]:
         """Every key's record (never the key or its hash), oldest first."""

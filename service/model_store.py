@@ -15,8 +15,6 @@ import shutil
 import threading
 from pathlib import Path
 
-from tqdm import tqdm
-
 log = logging.getLogger(__name__)
 
 # transformers' from_pretrained builds a model under process-wide state (it creates the weights on
@@ -30,8 +28,37 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 _DONE_MARKER = "loragate-prepared.json"
 
 
+# What each optional extra brings (pyproject.toml). `pip install loragate` alone is the slim gateway
+# in front of vLLM: these are imported only by the embedded engine, model preparation and training.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "local": ("torch", "transformers", "peft", "safetensors", "gguf", "llguidance", "tqdm"),
+    "train": ("torch", "transformers", "peft", "trl", "datasets", "accelerate"),
+}
+
+
 class ModelNotAvailableError(RuntimeError):
     """The packaged model is neither prepared nor installable from its package."""
+
+
+class MissingExtraError(RuntimeError):
+    """A command needs an extra that is not installed (say, ``--engine local`` on the slim gateway)."""
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install or an import hook that refuses it
+        return False
+
+
+def require_extra(extra: str, purpose: str) -> None:
+    """Fail at once, naming the extra to install, rather than with an ImportError deep in start-up."""
+    missing = [module for module in EXTRAS[extra] if not _installed(module)]
+    if missing:
+        raise MissingExtraError(
+            f"{purpose} needs the [{extra}] extra ({', '.join(missing)} not installed):"
+            f" pip install 'loragate[{extra}]'"
+        )
 
 
 def packaged_gguf() -> Path:
@@ -60,7 +87,8 @@ def prepare_model(target: Path, *, dtype: str = "bfloat16") -> Path:
     """
     if is_prepared(target):
         return target
-    import torch
+    import torch  # the [local] extra: imported only when a model is converted
+    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = packaged_gguf()

@@ -124,7 +124,7 @@ class Planner:
         if route.adapter is None:
             return None
         try:
-            adapter = self.registry.resolve(route.adapter)
+            adapter = await self.registry.resolve_async(route.adapter)
         except AdapterRejected as exc:
             log.error("adapter alias %s cannot be served: %s", route.adapter, exc.message)
             raise ServingConfigError(f"The adapter `{route.adapter}` is not available right now.") from None

@@ -1,24 +1,27 @@
-"""The adapter registry: versioned LoRA adapters on disk, and aliases that point at them.
+"""The adapter registry: versioned LoRA adapters, and aliases that point at them.
 
-Layout under the registry root::
+Layout, in a local folder (``registry_dir``) or under ``s3://bucket/prefix`` (``registry_url``)::
 
     adapters/<name>/<version>/adapter_config.json
                              adapter_model.safetensors
-                             manifest.json         name, version, level, base model, sha256, ...
+                             manifest.json         name, version, level, base model, sha256s, ...
     aliases.json                                   alias -> current "name@version" and its history
 
-Only adapters that vLLM could serve get in (see ``check_servable``), and the
-gateway only ever loads paths from here, never a path a client sent. Aliases
-change with ``promote``/``rollback``; readers notice the file's change on their
-next look-up, so no restart is needed.
+Where the objects live is a store's business (``service.registry_store``: a folder;
+``service.registry_store_s3``: object storage, synced into a local cache on first use). The
+checks are this module's, made on the local files a store hands out. Only adapters that vLLM
+could serve get in (see ``check_servable``), and the gateway only ever loads paths from here,
+never a path a client sent. Aliases change with ``promote``/``rollback`` (an atomic update in the
+store); readers see the change on their next look-up (an s3:// registry: within ``ALIAS_TTL``),
+so no restart is needed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import os
-import shutil
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,29 +29,36 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .reloading import FileWatch, Signature, signatures
+from .registry_store import (
+    CONFIG,
+    MANIFEST,
+    WEIGHTS,
+    AdapterRejected,
+    Aliases,
+    FolderStore,
+    RegistryStore,
+    RegistryUnavailable,
+    VersionExists,
+    open_store,
+    split_ref,
+)
+from .reloading import Signature, signatures
 
 if TYPE_CHECKING:
     from .config import Settings
 
+__all__ = [
+    "CONFIG", "MANIFEST", "VLLM_LORA_RANKS", "WEIGHTS", "Adapter", "AdapterManifest", "AdapterRejected",
+    "Registry", "RegistryUnavailable", "VersionExists", "check_servable", "open_store", "sha256_of",
+]  # fmt: skip
 VLLM_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
 _REFUSED_INITS = ("pissa", "olora", "loftq", "corda", "eva")
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
-MANIFEST = "manifest.json"
-
-
-class AdapterRejected(ValueError):
-    """An adapter that must not be registered or served (a domain error: the planner maps it to a 500
-    for the deployment's own adapter, the commands print it)."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME)
 
 
 class AdapterManifest(BaseModel):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    name: str = Field(pattern=NAME)
     version: int = Field(ge=1)
     level: Literal["L2", "L3"]
     base_model: str
@@ -57,6 +67,8 @@ class AdapterManifest(BaseModel):
     rank: int
     recipe: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
+    # every file's sha256 (config and weights): what a sync from object storage checks
+    files: dict[str, str] = Field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -102,16 +114,32 @@ def _config_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; a larger "header" is not a safetensors file
+
+
+def tensor_names(path: Path) -> list[str]:
+    """The tensor names in a safetensors file's header (8 bytes of little-endian length, then JSON):
+    read without torch or safetensors, so the slim gateway (no [local] extra) checks adapters too."""
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size > MAX_SAFETENSORS_HEADER:
+            raise AdapterRejected(f"{path.name}: not a safetensors file (a header of {size} bytes)")
+        try:
+            header = json.loads(f.read(size))
+        except ValueError as exc:
+            raise AdapterRejected(f"{path.name}: not a safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise AdapterRejected(f"{path.name}: not a safetensors file")
+    return [name for name in header if name != "__metadata__"]
+
+
 def check_servable(folder: Path) -> dict[str, Any]:
     """Refuse what vLLM would refuse; return the adapter's config."""
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise AdapterRejected(f"{folder} needs {CONFIG} and {WEIGHTS}")
     config: dict[str, Any] = json.loads((folder / CONFIG).read_text())
     problems = _config_problems(config)
-    from safetensors import safe_open
-
-    with safe_open(folder / WEIGHTS, framework="pt") as weights:
-        extra = [k for k in weights.keys() if "lora_" not in k]  # noqa: SIM118 (safe_open has no __iter__)
+    extra = [k for k in tensor_names(folder / WEIGHTS) if "lora_" not in k]
     if extra:
         problems.append(f"weights other than LoRA matrices (added tokens or saved modules): {extra[:3]}")
     if problems:
@@ -123,42 +151,47 @@ Stamp = tuple[Signature | None, ...]  # the signatures of an adapter's files, No
 
 
 class Registry:
-    """Adapters and aliases under ``root``; both are looked at again when their files change.
+    """Adapters and aliases in a store (a folder, or object storage); both are looked at again on use.
 
-    The aliases file is a :class:`~service.reloading.FileWatch` that keeps no "last good" version:
-    only ``promote`` and ``rollback`` write it, atomically, so a broken one is an error to raise (on
-    every look-up until it is fixed), not an edit to ride out. Adapters are not a watch at all: a
+    Aliases come from the store as they are now: a folder's file is re-read when its stat changes,
+    an s3:// aliases object within ``ALIAS_TTL``. A broken aliases document is an error to raise
+    (on every look-up until it is fixed), not an edit to ride out: only ``promote`` and
+    ``rollback`` write it. Adapters are checked on the local folder the store hands out: a
     version's three files share one stamp, checked on every use, and files that change and then
     fail the checks must be refused, never served as they were.
     """
 
-    def __init__(self, root: Path, base_model: str, base_aliases: tuple[str, ...] = ()):
-        self.root = root
+    def __init__(self, root: Path | RegistryStore, base_model: str, base_aliases: tuple[str, ...] = ()):
+        self.store: RegistryStore = FolderStore(root) if isinstance(root, Path) else root
+        self.root: Path = getattr(self.store, "root", Path("."))  # where the files are on this host
         self.base_model = base_model
         # other names of the served base (its folder, a hub id) that adapters may record
         self._base_names = {n.casefold() for n in (base_model, *base_aliases)}
         # (name, version) -> its files, and the adapter checked against their stamps: checks once per version
         self._files: dict[tuple[str, int], tuple[str, ...]] = {}
         self._checked: dict[tuple[str, int], tuple[Stamp, Adapter]] = {}
-        self._aliases_file = root / "aliases.json"
-        self._aliases: FileWatch[dict[str, dict[str, Any]]] = FileWatch(
-            self._aliases_file, self._load_aliases, initial={}
-        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
-        """The gateway's registry: ``settings.registry_dir``, for the served model under any of its names.
+        """The gateway's registry: ``settings.registry_url`` (s3://) when set, else ``registry_dir``,
+        for the served model under any of its names.
 
         The model's folder (and its last part) count as the base model's names, so adapters trained
         on the packaged model's path are accepted by ``publish``.
         """
+        store = open_store(
+            settings.registry_url or settings.registry_dir,
+            cache_dir=settings.registry_cache_dir,
+            endpoint_url=settings.s3_endpoint_url,
+        )
         path = settings.resolved_model_path
-        return cls(settings.registry_dir, settings.model_name, base_aliases=(str(path), path.name))
+        return cls(store, settings.model_name, base_aliases=(str(path), path.name))
+
+    @property
+    def location(self) -> str:
+        return self.store.location
 
     # -- adapters ------------------------------------------------------------
-    def _folder(self, name: str, version: int) -> Path:
-        return self.root / "adapters" / name / str(version)
-
     def publish(
         self,
         source: Path,
@@ -169,54 +202,62 @@ class Registry:
         recipe: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
     ) -> Adapter:
-        """Copy a trained adapter folder in as the next (or given) version of ``name``."""
+        """Copy a trained adapter folder in as the next (or given) version of ``name``.
+
+        Without a ``version``, a concurrent publish that takes the next number first makes this one
+        try the number after it.
+        """
         config = check_servable(source)
         base = str(config.get("base_model_name_or_path") or self.base_model)
         if base.casefold() not in self._base_names and Path(base).name.casefold() not in self._base_names:
             raise AdapterRejected(
                 f"adapter {name!r} was trained on {base!r}, not the served {self.base_model!r}"
             )
-        version = version or 1 + max((a.manifest.version for a in self.versions(name)), default=0)
-        target = self._folder(name, version)
-        if target.exists():
-            raise AdapterRejected(f"{name}@{version} already exists; versions are immutable")
-        manifest = AdapterManifest(
-            name=name,
-            version=version,
-            level=level,
-            base_model=self.base_model,
-            sha256=sha256_of(source / WEIGHTS),
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            rank=int(config["r"]),
-            recipe=recipe or {},
-            evaluation=evaluation or {},
-        )
-        tmp = target.with_name(f".{version}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for file in (CONFIG, WEIGHTS):
-            shutil.copy2(source / file, tmp / file)
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        tmp.rename(target)
-        return Adapter(manifest, target)
+        files = {file: sha256_of(source / file) for file in (CONFIG, WEIGHTS)}
+        for _ in range(10):
+            number = version or 1 + max(self.store.version_numbers(name), default=0)
+            manifest = AdapterManifest(
+                name=name,
+                version=number,
+                level=level,
+                base_model=self.base_model,
+                sha256=files[WEIGHTS],
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                rank=int(config["r"]),
+                recipe=recipe or {},
+                evaluation=evaluation or {},
+                files=files,
+            )
+            try:
+                folder = self.store.add_version(name, number, source, manifest.model_dump_json(indent=2))
+            except VersionExists:
+                if version is not None:
+                    raise
+                continue
+            return Adapter(manifest, folder)
+        raise AdapterRejected(f"{name}: other publishes kept taking the next version number; try again")
 
     def load(self, name: str, version: int) -> Adapter:
         """An adapter checked again whenever its files change: base model, sha256, servability.
 
         Requests call this on every use; while the files' sizes and mtimes are unchanged the
-        checks (a manifest parse, a safetensors header read, a sha256) are not repeated.
+        checks (a manifest parse, a safetensors header read, a sha256) are not repeated. An s3://
+        registry syncs the version into its local cache first (once).
         """
         key = (name, version)
         files = self._files.get(key)
         if files is None:  # strings made once: building Paths costs more than the stat calls
-            files = self._files[key] = tuple(
-                str(self._folder(name, version) / f) for f in (MANIFEST, CONFIG, WEIGHTS)
-            )
+            if not _NAME.match(name):
+                raise AdapterRejected(f"no adapter {name}@{version} in the registry")
+            folder = self.store.folder(name, version)
+            files = tuple(str(folder / f) for f in (MANIFEST, CONFIG, WEIGHTS))
+            if (folder / MANIFEST).is_file():
+                self._files[key] = files
         stamp = signatures(files)
         checked = self._checked.get(key)
         if checked is not None and checked[0] == stamp:
             return checked[1]
-        folder = self._folder(name, version)
+        folder = Path(files[0]).parent
         if not (folder / MANIFEST).is_file():
             raise AdapterRejected(f"no adapter {name}@{version} in the registry")
         manifest = AdapterManifest.model_validate_json((folder / MANIFEST).read_text())
@@ -232,73 +273,77 @@ class Registry:
         return adapter
 
     def versions(self, name: str) -> list[Adapter]:
-        folder = self.root / "adapters" / name
-        if not folder.is_dir():
-            return []
+        """Every published version of ``name`` (manifests only: nothing is synced or checked)."""
         found = []
-        for child in folder.iterdir():
-            if child.name.isdigit() and (child / MANIFEST).is_file():
-                found.append(
-                    Adapter(AdapterManifest.model_validate_json((child / MANIFEST).read_text()), child)
-                )
-        return sorted(found, key=lambda a: a.manifest.version)
+        for number in self.store.version_numbers(name):
+            text = self.store.manifest(name, number)
+            if text is not None:
+                manifest = AdapterManifest.model_validate_json(text)
+                found.append(Adapter(manifest, self.root / "adapters" / name / str(number)))
+        return found
 
     def names(self) -> list[str]:
-        folder = self.root / "adapters"
-        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        return self.store.names()
 
     # -- aliases -------------------------------------------------------------
     def aliases(self) -> dict[str, str]:
-        """alias -> "name@version", re-read when the file changed."""
-        return {alias: entry["current"] for alias, entry in self._aliases.current().items()}
+        """alias -> "name@version", as the store has them now."""
+        return {alias: entry["current"] for alias, entry in self.store.aliases().items()}
+
+    def alias_refs(self) -> list[str]:
+        """Every version an alias points at now or can roll back to: what a vLLM host keeps synced."""
+        entries = self.store.aliases().values()
+        return sorted({str(r) for e in entries for r in [e.get("current"), *e.get("history", [])] if r})
 
     def history(self, alias: str) -> list[str]:
         """The earlier targets of ``alias``, oldest first: what ``rollback`` steps back through."""
-        return [str(ref) for ref in self._aliases.current().get(alias, {}).get("history", [])]
-
-    def _load_aliases(self) -> dict[str, dict[str, Any]]:
-        try:
-            aliases: dict[str, dict[str, Any]] = json.loads(self._aliases_file.read_text())["aliases"]
-            return aliases
-        except FileNotFoundError:
-            return {}
-
-    def _write_aliases(self, aliases: dict[str, dict[str, Any]]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self._aliases_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"aliases": aliases}, indent=2, sort_keys=True))
-        os.replace(tmp, self._aliases_file)
+        return [str(ref) for ref in self.store.aliases().get(alias, {}).get("history", [])]
 
     def resolve(self, alias: str) -> Adapter:
         current = self.aliases().get(alias)
         if current is None:
             raise AdapterRejected(f"no adapter alias {alias!r}")
-        name, _, version = current.partition("@")
-        return self.load(name, int(version))
+        return self.load(*split_ref(current))
+
+    async def resolve_async(self, alias: str) -> Adapter:
+        """``resolve`` for the event loop: inline when it needs no network I/O (a folder registry, or
+        fresh aliases and a synced version), else in a worker thread."""
+        if self.store.aliases_are_fresh():  # one read of the aliases: this is on every request
+            current = self.store.aliases().get(alias, {}).get("current")
+            if current is None:
+                raise AdapterRejected(f"no adapter alias {alias!r}")
+            name, version = split_ref(current)
+            if self.store.is_local(name, version):
+                return self.load(name, version)
+        return await asyncio.to_thread(self.resolve, alias)
 
     def promote(self, alias: str, ref: str) -> str:
         """Point ``alias`` at ``name@version`` (checked first); the old target goes to its history."""
         name, _, version = ref.partition("@")
         if not version.isdigit():
             raise AdapterRejected(f"{ref!r} is not of the form name@version")
-        adapter = self.load(name, int(version))
-        aliases = {k: dict(v) for k, v in self._aliases.current().items()}
-        entry = aliases.setdefault(alias, {"current": None, "history": []})
-        if entry["current"] == adapter.ref:
-            return adapter.ref
-        if entry["current"]:
-            entry["history"] = [*entry.get("history", []), entry["current"]]
-        entry["current"] = adapter.ref
-        self._write_aliases(aliases)
-        return adapter.ref
+        target = self.load(name, int(version)).ref
+
+        def change(aliases: Aliases) -> Aliases:
+            entry = aliases.setdefault(alias, {"current": None, "history": []})
+            if entry["current"] != target:
+                if entry["current"]:
+                    entry["history"] = [*entry.get("history", []), entry["current"]]
+                entry["current"] = target
+            return aliases
+
+        self.store.update_aliases(change)
+        return target
 
     def rollback(self, alias: str) -> str:
         """Point ``alias`` back at its previous target."""
-        aliases = {k: dict(v) for k, v in self._aliases.current().items()}
-        entry = aliases.get(alias)
-        if not entry or not entry.get("history"):
-            raise AdapterRejected(f"alias {alias!r} has no earlier version to roll back to")
-        entry["current"] = entry["history"][-1]
-        entry["history"] = entry["history"][:-1]
-        self._write_aliases(aliases)
-        return str(entry["current"])
+
+        def change(aliases: Aliases) -> Aliases:
+            entry = aliases.get(alias)
+            if not entry or not entry.get("history"):
+                raise AdapterRejected(f"alias {alias!r} has no earlier version to roll back to")
+            entry["current"] = entry["history"][-1]
+            entry["history"] = entry["history"][:-1]
+            return aliases
+
+        return str(self.store.update_aliases(change)[alias]["current"])

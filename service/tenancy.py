@@ -21,6 +21,9 @@ Selection rule (``Tenancy.route``)
 A key pinned to a department is pinned for its L1 template and default adapter; like any key of its
 tenant, it may still name any of the tenant's adapters in ``model``.
 
+With ``state_url`` the tenants document is kept in PostgreSQL instead of a file, versioned and shared
+by several gateways (``service.shared_state``); everything below reads the same either way.
+
 Without a tenants file the gateway is single-tenant: one tenant ``default`` with one department
 ``general`` (base model, no template, no caps). The bootstrap key (``LORAGATE_API_KEY``) always
 authenticates as tenant ``default``: the file's when it defines one, else the built-in one.
@@ -50,7 +53,7 @@ from pydantic import (
 )
 
 from .errors import AuthenticationError, ModelNotFoundError, NotFoundError, PermissionDeniedError, quoted
-from .keys import KeyStore
+from .keys import KeyDirectory, KeyRecord
 from .limits.policy import Limits, LimitsSpec
 from .reloading import FileWatch
 
@@ -202,13 +205,13 @@ class TenantsFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class TenantSnapshot:
     tenants: Mapping[str, Tenant]
     departments: frozenset[str]  # every department name of every tenant
     adapters: frozenset[str]  # every alias any tenant may use
 
     @classmethod
-    def of(cls, tenants: Iterable[Tenant]) -> _Snapshot:
+    def of(cls, tenants: Iterable[Tenant]) -> TenantSnapshot:
         by_name = {t.name: t for t in tenants}
         return cls(
             MappingProxyType(by_name),
@@ -218,13 +221,19 @@ class _Snapshot:
 
 
 class TenantDirectory:
-    """The tenants file, re-read when it changes; a broken edit keeps the previous version serving."""
+    """The tenants file, re-read when it changes; a broken edit keeps the previous version serving.
+
+    ``service.shared_state.SharedTenantDirectory`` is the same with the document kept in a database:
+    it overrides ``_current``, ``source``, ``reload``, ``document``, ``replace`` and ``close``.
+    """
+
+    shared = False  # True: the shared database's, whose document the admin API may replace
 
     def __init__(self, path: Path | None, base_model: str):
         self.path = path
         self.base_model = base_model
-        self._file: FileWatch[_Snapshot] | None = None
-        self._builtin = _Snapshot.of([builtin_tenant()])  # single-tenant mode: no file to watch
+        self._file: FileWatch[TenantSnapshot] | None = None
+        self._builtin = TenantSnapshot.of([builtin_tenant()])  # single-tenant mode: no file to watch
         if path is not None:
             self._file = FileWatch(
                 path, self._load, refused=TenantsFileError, log=log, on_loaded=self._loaded
@@ -246,17 +255,51 @@ class TenantDirectory:
 
     def check_scope(self, tenant: str, department: str | None) -> None:
         """Raise NotFoundError unless ``tenant`` (and its ``department``) exist; for new API keys."""
-        source = str(self.path) if self.path else "single-tenant mode (no tenants file)"
+        source = self.source
         found = self.get(tenant)
         if found is None:
             raise NotFoundError(f"{source}: there is no tenant {tenant!r}")
         if department is not None and department not in found.departments:
             raise NotFoundError(f"{source}: tenant {tenant!r} has no department {department!r}")
 
-    def _current(self) -> _Snapshot:
+    @property
+    def source(self) -> str:
+        """Where the tenants come from, for messages."""
+        return str(self.path) if self.path else "single-tenant mode (no tenants file)"
+
+    @property
+    def version(self) -> int | None:
+        """The number of the document in force (the shared database numbers them); None for a file."""
+        return None
+
+    @property
+    def configured(self) -> bool:
+        """Whether there is a tenants document to reload or validate (not the built-in single tenant)."""
+        return self.path is not None
+
+    def document(self) -> str:
+        """The tenants document's text as it is now (``TenantsFileError`` when it cannot be read)."""
+        if self.path is None:
+            raise TenantsFileError("single-tenant mode: there is no tenants file")
+        try:
+            return self.path.read_text()
+        except OSError as exc:
+            raise TenantsFileError(f"{self.path}: cannot read the tenants file ({exc.strerror})") from None
+
+    def replace(self, text: str, actor: str) -> tuple[list[Tenant], list[Tenant]]:
+        """Make ``text`` the tenants document: only the shared database's directory can (see there)."""
+        raise TenantsFileError(
+            "the tenants file is the operator's: edit it, then reload; the admin API replaces the"
+            " tenants document only when they are kept in the shared database (state_url)"
+        )
+
+    def close(self) -> None:
+        """Nothing to release: the file is read on demand."""
+
+    def _current(self) -> TenantSnapshot:
         return self._builtin if self._file is None else self._file.current()
 
-    def _loaded(self, snapshot: _Snapshot) -> None:
+    def _loaded(self, snapshot: TenantSnapshot) -> None:
         log.info("tenants file %s reloaded (%d tenants)", self.path, len(snapshot.tenants))
 
     def reload(self) -> tuple[list[Tenant], list[Tenant]]:
@@ -272,16 +315,16 @@ class TenantDirectory:
         after = self._file.current()
         return _sorted(before), _sorted(after)
 
-    def _load(self) -> _Snapshot:
+    def _load(self) -> TenantSnapshot:
         assert self.path is not None
         try:
             text = self.path.read_text()
         except OSError as exc:
             raise TenantsFileError(f"{self.path}: cannot read the tenants file ({exc.strerror})") from None
-        return _Snapshot.of(parse_tenants(text, self.base_model, self.path))
+        return TenantSnapshot.of(parse_tenants(text, self.base_model, self.path))
 
 
-def _sorted(snapshot: _Snapshot) -> list[Tenant]:
+def _sorted(snapshot: TenantSnapshot) -> list[Tenant]:
     return sorted(snapshot.tenants.values(), key=lambda t: t.name)
 
 
@@ -315,7 +358,7 @@ class Tenancy:
     """API key -> tenant; department header and ``model`` -> department and adapter (see the module doc)."""
 
     def __init__(
-        self, tenants: TenantDirectory, keys: KeyStore, base_model: str, bootstrap_key: SecretStr | None
+        self, tenants: TenantDirectory, keys: KeyDirectory, base_model: str, bootstrap_key: SecretStr | None
     ):
         self.tenants = tenants
         self.keys = keys
@@ -323,15 +366,42 @@ class Tenancy:
         self._bootstrap = bootstrap_key
 
     def authenticate(self, authorization: str | None) -> Principal:
-        """``Bearer <key>`` -> who is calling; keys are found by their hash, never logged."""
+        """``Bearer <key>`` -> who is calling; keys are found by their hash, never logged.
+
+        Never any I/O but a ``stat``: with the shared database, a key created on another gateway is
+        known here once its change arrives (milliseconds; see ``service.shared_state``).
+        ``authenticate_async`` also asks the database about a key not heard of yet.
+        """
+        token, bootstrap = self._token(authorization)
+        if bootstrap is not None:
+            return bootstrap
+        return self._principal(self.keys.lookup(token))
+
+    async def authenticate_async(self, authorization: str | None) -> Principal:
+        """``authenticate``, for async callers: an unknown key is looked up in the shared database
+        (in a worker thread) before it is refused, so a key created on another gateway works at once."""
+        token, bootstrap = self._token(authorization)
+        if bootstrap is not None:
+            return bootstrap
+        record = self.keys.lookup(token)
+        return self._principal(record if record is not None else await self.keys.find(token))
+
+    def close(self) -> None:
+        self.keys.close()
+        self.tenants.close()
+
+    def _token(self, authorization: str | None) -> tuple[str, Principal | None]:
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationError(MISSING_KEY)
         bootstrap = self._bootstrap.get_secret_value() if self._bootstrap else None
         if bootstrap and hmac.compare_digest(token.encode(), bootstrap.encode()):
-            return Principal(BOOTSTRAP_KEY_ID, self.tenants.get(DEFAULT_TENANT) or builtin_tenant(), None)
-        record = self.keys.lookup(token)
+            tenant = self.tenants.get(DEFAULT_TENANT) or builtin_tenant()
+            return token, Principal(BOOTSTRAP_KEY_ID, tenant, None)
+        return token, None
+
+    def _principal(self, record: KeyRecord | None) -> Principal:
         if record is None:
             raise AuthenticationError(WRONG_KEY)
         tenant = self.tenants.get(record.tenant)

@@ -54,7 +54,7 @@ async def admin_actor(request: Request, state: StateDep) -> str:
     if is_admin_key(state, token):
         assert state.settings.admin_api_key is not None
         return actor_id(state.settings.admin_api_key)
-    state.tenancy.authenticate(authorization)  # 401 for a key that is no one's
+    await state.tenancy.authenticate_async(authorization)  # 401 for a key that is no one's
     raise PermissionDeniedError("This API key may not use the admin API: it needs the admin key.")
 
 
@@ -76,6 +76,6 @@ async def scrape_key(request: Request, state: StateDep) -> None:
         raise AuthenticationError(MISSING_KEY)
     if not is_admin_key(state, token):
         try:
-            state.tenancy.authenticate(authorization)
+            await state.tenancy.authenticate_async(authorization)
         except AuthenticationError:
             raise AuthenticationError(WRONG_KEY) from None

@@ -14,17 +14,19 @@ that does not exist. The command prints their message; the API renders them as e
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from ..errors import InvalidRequestError, NotFoundError
-from ..keys import KeyRecord, KeyStore
+from ..errors import EngineUnavailableError, InvalidRequestError, NotFoundError
+from ..keys import KeyDirectory, KeyRecord
 from ..ledger.records import JSON, AuditEntry
 from ..limits.policy import Limits, Scope, ScopeKind
 from ..prompts import TemplateError, TemplateStore
-from ..registry import Adapter, AdapterRejected, Registry
+from ..registry import Adapter, AdapterRejected, Registry, RegistryUnavailable
 from ..tenancy import (
     BOOTSTRAP_KEY_ID,
     DEFAULT_TENANT,
@@ -89,7 +91,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
 
 
 def create_key(
-    keys: KeyStore, tenant: str, department: str | None = None, limits: Limits | None = None
+    keys: KeyDirectory, tenant: str, department: str | None = None, limits: Limits | None = None
 ) -> Done[NewKey]:
     """A new key of ``tenant`` (pinned to ``department``, with its own ``limits``, when given)."""
     _check_scope(keys, tenant, department)
@@ -98,25 +100,25 @@ def create_key(
     return Done(NewKey(key, record), Change("keys.create", key_id, None, key_view(record)))
 
 
-def revoke_key(keys: KeyStore, key_id: str) -> Done[KeyRecord]:
+def revoke_key(keys: KeyDirectory, key_id: str) -> Done[KeyRecord]:
     """The key stops working on the next request; revoking a revoked key changes nothing, and says so."""
     before = find_key(keys, key_id)
     after = keys.revoke(key_id)
     return Done(after, Change("keys.revoke", key_id, key_view(before), key_view(after)))
 
 
-def list_keys(keys: KeyStore) -> list[KeyRecord]:
+def list_keys(keys: KeyDirectory) -> list[KeyRecord]:
     return keys.list()
 
 
-def find_key(keys: KeyStore, key_id: str) -> KeyRecord:
+def find_key(keys: KeyDirectory, key_id: str) -> KeyRecord:
     for record in keys.list():
         if record.key_id == key_id:
             return record
     raise NotFoundError(f"There is no API key with id {key_id!r}.", param="key_id", code="key_not_found")
 
 
-def _check_scope(keys: KeyStore, tenant: str, department: str | None) -> None:
+def _check_scope(keys: KeyDirectory, tenant: str, department: str | None) -> None:
     try:
         keys.tenants.check_scope(tenant, department)
     except NotFoundError as exc:
@@ -150,8 +152,9 @@ def tenants_view(tenants: list[Tenant]) -> dict[str, Any]:
 
 
 def reload_tenants(directory: TenantDirectory) -> Done[dict[str, Any]]:
-    """Read the tenants file now; a broken one is a 400 naming its problems, the previous stays in force."""
-    if directory.path is None:
+    """Read the tenants file now (with the shared database: its newest version); a broken one is a
+    400 naming its problems, the previous stays in force."""
+    if not directory.configured:
         raise InvalidRequestError(
             "Single-tenant mode: there is no tenants file to reload.", code="no_tenants_file"
         )
@@ -159,10 +162,50 @@ def reload_tenants(directory: TenantDirectory) -> Done[dict[str, Any]]:
         before, after = directory.reload()
     except TenantsFileError as exc:
         raise InvalidRequestError(str(exc), code="invalid_tenants_file") from None
-    target = str(directory.path)
+    target = str(directory.path) if directory.path else _tenants_target(directory)
     return Done(
         tenants_view(after), Change("tenants.reload", target, tenants_view(before), tenants_view(after))
     )
+
+
+def current_tenants(directory: TenantDirectory) -> dict[str, Any]:
+    """The tenants in force, where they come from, and the document's text when there is one."""
+    try:
+        text: str | None = directory.document()
+    except TenantsFileError:
+        text = None  # single-tenant mode, or a file that cannot be read now (the last good one serves)
+    return {
+        "source": directory.source,
+        "version": directory.version,
+        "yaml": text,
+        "tenants": tenants_view(directory.all()),
+    }
+
+
+def replace_tenants(
+    directory: TenantDirectory, registry: Registry, templates: TemplateStore, text: str, actor: str
+) -> Done[dict[str, Any]]:
+    """Check ``text`` as ``validate_tenants`` does, then make it the shared tenants document's next
+    version, in force on every gateway within seconds. A document that cannot be used is a 400 and
+    nothing is stored; ``warnings`` (unknown aliases or templates) do not stop it."""
+    if not directory.shared:
+        raise InvalidRequestError(
+            f"The tenants come from the file {directory.source}: edit it, then POST /admin/v1/tenants/reload."
+            " Documents are replaced through the API only when state_url is set.",
+            code="tenants_in_file",
+        )
+    checked = validate_tenants(directory, registry, templates, text)
+    try:
+        before, after = directory.replace(text, actor)
+    except TenantsFileError as exc:  # validated above; a race with a base model change, at most
+        raise InvalidRequestError(str(exc), param="yaml", code="invalid_tenants_file") from None
+    change = Change("tenants.replace", _tenants_target(directory), tenants_view(before), tenants_view(after))
+    body = {"version": directory.version, "tenants": tenants_view(after), "warnings": checked["warnings"]}
+    return Done(body, change)
+
+
+def _tenants_target(directory: TenantDirectory) -> str:
+    return f"tenants@{directory.version}" if directory.version else "tenants"
 
 
 def validate_tenants(
@@ -175,20 +218,18 @@ def validate_tenants(
     the file would be taken, and those departments' requests would fail.
     """
     if text is None:
-        if directory.path is None:
+        if not directory.configured:
             raise InvalidRequestError(
                 "Single-tenant mode: there is no tenants file; post one as `yaml`.",
                 param="yaml",
                 code="no_tenants_file",
             )
         try:
-            text = directory.path.read_text()
-        except OSError as exc:
-            raise InvalidRequestError(
-                f"{directory.path}: cannot read the tenants file ({exc.strerror})",
-                code="invalid_tenants_file",
-            ) from None
-        source: object = directory.path
+            text = directory.document()
+        except TenantsFileError as exc:
+            param = None if directory.path else "yaml"  # the database has none yet: post one
+            raise InvalidRequestError(str(exc), param=param, code="invalid_tenants_file") from None
+        source: object = directory.path or directory.source
     else:
         source = "the posted tenants file"
     try:
@@ -294,18 +335,28 @@ def adapter_view(adapter: Adapter) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _registry_reachable() -> Iterator[None]:
+    """The registry's storage (an s3:// bucket) cannot be reached: a 503 to retry, not the input's fault."""
+    try:
+        yield
+    except RegistryUnavailable as exc:
+        raise EngineUnavailableError(exc.message, code="registry_unavailable") from None
+
+
 def list_adapters(registry: Registry) -> dict[str, Any]:
     """Every adapter's versions, and every alias with what it serves and its history."""
-    return {
-        "data": [
-            {"name": name, "versions": [adapter_view(a) for a in registry.versions(name)]}
-            for name in registry.names()
-        ],
-        "aliases": [
-            {"alias": alias, "current": ref, "history": registry.history(alias)}
-            for alias, ref in sorted(registry.aliases().items())
-        ],
-    }
+    with _registry_reachable():
+        return {
+            "data": [
+                {"name": name, "versions": [adapter_view(a) for a in registry.versions(name)]}
+                for name in registry.names()
+            ],
+            "aliases": [
+                {"alias": alias, "current": ref, "history": registry.history(alias)}
+                for alias, ref in sorted(registry.aliases().items())
+            ],
+        }
 
 
 def publish_adapter(registry: Registry, folder: Path, name: str, level: Literal["L2", "L3"]) -> Done[Adapter]:
@@ -325,7 +376,8 @@ def publish_adapter(registry: Registry, folder: Path, name: str, level: Literal[
     if not folder.is_dir():
         raise InvalidRequestError(f"There is no folder {str(folder)!r} on the gateway's host.", param="path")
     try:
-        adapter = registry.publish(folder, name=name, level=level)
+        with _registry_reachable():
+            adapter = registry.publish(folder, name=name, level=level)
     except AdapterRejected as exc:
         raise InvalidRequestError(exc.message, param="path", code="adapter_rejected") from None
     except Exception as exc:  # the folder's files are the input: unreadable JSON, a broken safetensors
@@ -342,13 +394,15 @@ def promote_adapter(registry: Registry, alias: str, ref: str) -> Done[str]:
     name, _, version = ref.partition("@")
     if not version.isdigit() or not name:
         raise InvalidRequestError(f"{ref!r} is not of the form name@version.", param="ref")
-    if not any(a.manifest.version == int(version) for a in registry.versions(name)):
-        raise NotFoundError(
-            f"There is no adapter {ref} in the registry.", param="ref", code="adapter_not_found"
-        )
-    before = _alias_state(registry, alias)
+    with _registry_reachable():
+        if not any(a.manifest.version == int(version) for a in registry.versions(name)):
+            raise NotFoundError(
+                f"There is no adapter {ref} in the registry.", param="ref", code="adapter_not_found"
+            )
+        before = _alias_state(registry, alias)
     try:
-        served = registry.promote(alias, ref)
+        with _registry_reachable():
+            served = registry.promote(alias, ref)
     except AdapterRejected as exc:
         raise InvalidRequestError(exc.message, param="ref", code="adapter_rejected") from None
     return Done(served, Change("adapters.promote", alias, before, _alias_state(registry, alias)))
@@ -356,11 +410,13 @@ def promote_adapter(registry: Registry, alias: str, ref: str) -> Done[str]:
 
 def rollback_adapter(registry: Registry, alias: str) -> Done[str]:
     """Point ``alias`` back at its previous target."""
-    before = _alias_state(registry, alias)
+    with _registry_reachable():
+        before = _alias_state(registry, alias)
     if before is None:
         raise NotFoundError(f"There is no adapter alias {alias!r}.", param="alias", code="alias_not_found")
     try:
-        served = registry.rollback(alias)
+        with _registry_reachable():
+            served = registry.rollback(alias)
     except AdapterRejected as exc:
         raise InvalidRequestError(exc.message, param="alias", code="no_earlier_version") from None
     return Done(served, Change("adapters.rollback", alias, before, _alias_state(registry, alias)))
@@ -388,7 +444,7 @@ class LimitScope:
 
 def limit_scopes(
     directory: TenantDirectory,
-    keys: KeyStore,
+    keys: KeyDirectory,
     *,
     tenant: str | None = None,
     department: str | None = None,

@@ -54,6 +54,10 @@ class TenantsText(_Body):
     yaml: str | None = Field(None, description="a tenants file to check; none: the configured file")
 
 
+class TenantsDocument(_Body):
+    yaml: str = Field(description="the whole tenants document, as the tenants file is written")
+
+
 class TemplateCheck(_Body):
     name: str = Field(description="the template, e.g. acme/it (prompts/acme/it.yaml)")
     tenant: Name | None = Field(None, description="render it for this tenant's department only")
@@ -118,6 +122,22 @@ async def reload_tenants(state: StateDep, actor: ActorDep) -> JSONResponse:
     """Read the tenants file now; a broken one is a 400 and the previous version keeps serving."""
     done = await _run(ops.reload_tenants, _directory(state))
     return await _changed(state, actor, done, {"tenants": done.value})
+
+
+@router.get("/tenants")
+async def current_tenants(state: StateDep) -> dict[str, Any]:
+    """The tenants in force: where they come from, the document's version and text."""
+    return await _run(ops.current_tenants, _directory(state))
+
+
+@router.put("/tenants")
+async def replace_tenants(body: TenantsDocument, state: StateDep, actor: ActorDep) -> JSONResponse:
+    """Store a new version of the shared tenants document (``state_url``), validated first; every
+    gateway loads it within seconds. A document that cannot be used is a 400 and nothing changes."""
+    done = await _run(
+        ops.replace_tenants, _directory(state), state.registry, _templates(state), body.yaml, actor
+    )
+    return await _changed(state, actor, done, done.value)
 
 
 @router.post("/tenants/validate")

@@ -8,16 +8,34 @@ which aliases other tenants have.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from ..errors import ModelNotFoundError, quoted
 from ..protocol import ModelCard, ModelList
+from ..registry_store import RegistryUnavailable
 from ..state import AppState
 from ..tenancy import Principal
 from .pipeline import Answer, ApiRoute, Call
 
+log = logging.getLogger(__name__)
 
-def visible_cards(state: AppState, principal: Principal) -> list[ModelCard]:
+
+async def published_aliases(state: AppState) -> dict[str, str]:
+    """The registry's aliases; read in a worker thread when that means a trip to object storage.
+    An unreachable registry lists no adapters (the base model stays listed) rather than failing."""
+    registry = state.registry
+    try:
+        if registry.store.aliases_are_fresh():
+            return registry.aliases()
+        return await asyncio.to_thread(registry.aliases)
+    except RegistryUnavailable as exc:
+        log.warning("/v1/models lists no adapters: %s", exc.message)
+        return {}
+
+
+def visible_cards(state: AppState, principal: Principal, published: dict[str, str]) -> list[ModelCard]:
     base = state.settings.model_name
-    published = state.registry.aliases()
     cards = []
     for name in state.tenancy.visible_models(principal):
         if name != base and name not in published:
@@ -31,12 +49,13 @@ def visible_cards(state: AppState, principal: Principal) -> list[ModelCard]:
 
 
 async def list_models(call: Call, _: None) -> Answer:
-    return Answer(json=ModelList(data=visible_cards(call.state, call.principal)).model_dump(mode="json"))
+    cards = visible_cards(call.state, call.principal, await published_aliases(call.state))
+    return Answer(json=ModelList(data=cards).model_dump(mode="json"))
 
 
 async def retrieve_model(call: Call, _: None) -> Answer:
     model = call.path_params["model"]
-    for card in visible_cards(call.state, call.principal):
+    for card in visible_cards(call.state, call.principal, await published_aliases(call.state)):
         if card.id == model:
             return Answer(json=card.model_dump(mode="json"))
     raise ModelNotFoundError(

@@ -123,7 +123,7 @@ class Endpoint:
         state: AppState = scope["app"].state.loragate
         metrics = recorder_of(scope) if route.usage else None
         headers = Headers(scope=scope)
-        principal = state.tenancy.authenticate(headers.get("authorization"))
+        principal = await state.tenancy.authenticate_async(headers.get("authorization"))
         call = Call(scope, state, principal, headers, metrics)
         if metrics is not None:
             metrics.authenticated(principal.tenant.name, principal.key_id)

@@ -50,6 +50,9 @@ def embedder_from_settings(settings: Settings) -> Embedder | None:
             read_timeout=settings.upstream_read_timeout,
         )
     if settings.local_embedding_model is not None:
+        from ..model_store import require_extra
+
+        require_extra("local", "local_embedding_model")  # torch and transformers: not on the slim install
         from .local import LocalEmbedder
 
         path = settings.local_embedding_model
