@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from service.engines.vllm.spawn import RUNTIME_LORA_ENV, VllmCommand
+from service.engines.vllm.spawn import VllmCommand
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
@@ -26,7 +26,7 @@ class VllmServer:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command.argv(),
-                env={**os.environ, **RUNTIME_LORA_ENV},
+                env={**os.environ, **self.command.env()},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -50,6 +50,7 @@ class Facts:
     model: str = ""
     template: str = "none"
     adapter: str = "base"
+    replica: str | None = None  # the remote replica that served (vLLM's host:port); None: the embedded engine
     ticket: Ticket | None = None
     # Only for a tenant that opted in (tenants file: record_text); the ledger clears it after retention_days.
     retention_days: int | None = None
@@ -159,6 +160,7 @@ def usage_record(
         adapter=facts.adapter,
         template=facts.template,
         engine=state.engine_kind,
+        replica=facts.replica,
         prompt_tokens=recorder.prompt_tokens,
         completion_tokens=recorder.completion_tokens,
         latency_ms=recorder.seconds * 1000,

@@ -75,37 +75,9 @@ def local_engine(settings: Settings, engine: Callable[..., Engine] | None = None
 
 
 def vllm_engine(settings: Settings) -> Engine:
-    from .engines.vllm.engine import VllmEngine
-    from .engines.vllm.spawn import VllmCommand, VllmSupervisor, lora_rank_limit
+    from .engines.vllm.factory import vllm_engine as build
 
-    supervisor = None
-    upstream = settings.upstream
-    if settings.spawn:
-        registry = Registry.from_settings(settings)
-        ranks = [a.manifest.rank for name in registry.names() for a in registry.versions(name)]
-        command = VllmCommand(
-            python=settings.vllm_python,
-            model_path=settings.resolved_model_path,
-            served_name=settings.model_name,
-            port=settings.vllm_port,
-            dtype=settings.dtype,
-            max_lora_rank=lora_rank_limit(ranks),
-            max_loras=settings.vllm_max_loras,
-            max_model_len=settings.max_context,
-            extra_args=settings.vllm_args,
-            tool_call_parser=settings.tool_call_parser,
-        )
-        supervisor, upstream = VllmSupervisor(command), [command.url]
-    return VllmEngine(
-        upstream,
-        model_name=settings.model_name,
-        max_loaded_adapters=settings.max_loaded_adapters,
-        affinity_slack=settings.affinity_slack,
-        connect_timeout=settings.upstream_connect_timeout,
-        read_timeout=settings.upstream_read_timeout,
-        health_interval=settings.health_interval,
-        supervisor=supervisor,
-    )
+    return build(settings)
 
 
 ENGINES: dict[str, EngineFactory] = {"local": local_engine, "vllm": vllm_engine}

@@ -18,6 +18,9 @@ adapter_load_seconds{adapter}                           time to load one adapter
 template_reloads_total{template}                        L1 template files loaded (the first load included)
 template_failures_total{template}                       template versions refused, renders that failed
 replica_up{replica}                                     vLLM replicas up 1/0, from the backend's health checks
+replica_failures_total{replica,reason}                  failed checks of / requests to a vLLM replica, by kind
+                                                        (unreachable, tls, timeout, unauthorized, ...; ``dns``
+                                                        with the upstream's host:port when a lookup fails)
 gpu_*                                                   NVML, sampled at scrape time (see gpu.py)
 build_info{version,engine,model}                        always 1
 
@@ -52,7 +55,7 @@ from prometheus_client.registry import Collector
 from starlette.types import Scope
 
 from .domain import Delta
-from .engines.base import EngineEvents
+from .engines.base import EngineEvents, ServedDelta
 
 if TYPE_CHECKING:
     from .accounting import Facts
@@ -110,6 +113,9 @@ class Metrics(EngineEvents):
             "template_failures", "Template versions refused, renders failed.", ["template"]
         )
         self.replica_up = gauge("replica_up", "Whether a vLLM replica answers (1/0).", ["replica"])
+        self.replica_failures = counter(
+            "replica_failures", "Failed checks of, or requests to, a vLLM replica.", ["replica", "reason"]
+        )
         self.build = gauge("build_info", "Always 1.", ["version", "engine", "model"])
         self._series: dict[tuple[str, str, str], Series] = {}
         self._in_flight: dict[tuple[str, str], Any] = {}
@@ -153,6 +159,14 @@ class Metrics(EngineEvents):
 
     def replica_health(self, replica: str, up: bool) -> None:
         self.replica_up.labels(replica).set(1 if up else 0)
+
+    def replica_failed(self, replica: str, kind: str) -> None:
+        self.replica_failures.labels(replica, kind).inc()
+
+    def replica_left(self, replica: str) -> None:
+        """Discovery dropped it: its series go, so that pods coming and going do not pile them up."""
+        self.replica_up.remove_by_labels({"replica": replica})
+        self.replica_failures.remove_by_labels({"replica": replica})
 
     def template_loaded(self, name: str) -> None:
         self.template_reloads.labels(name).inc()
@@ -259,6 +273,8 @@ class RequestMetrics:
                 self.prompt(delta.prompt_tokens)
             self.completion_tokens += delta.completion_tokens
             series(m.completion_tokens).inc(delta.completion_tokens)
+            if isinstance(delta, ServedDelta) and self.facts is not None:  # a remote replica served it
+                self.facts.replica = delta.replica
 
     def prompt(self, tokens: int) -> None:
         """Prompt tokens read (once per prompt: a completions list or embeddings have several)."""

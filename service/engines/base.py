@@ -14,7 +14,9 @@ transformers engine, the vLLM backend and test fakes all fit behind it:
 - ``close()``: free everything.
 
 Engines that have more to tell (adapter loads, replica health) also implement
-:class:`ReportsEvents`; the gateway subscribes its metrics before ``start()``.
+:class:`ReportsEvents`; the gateway subscribes its metrics before ``start()``. An engine with
+remote replicas says which one served a choice with a :class:`ServedDelta` as its finishing
+delta, as it says the token counts there (the usage ledger's ``replica``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..domain import Delta, GenerationRequest
+
+
+@dataclass(slots=True)
+class ServedDelta(Delta):
+    """A finishing delta that names the remote replica that served it (``host:port``)."""
+
+    replica: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,13 @@ class EngineEvents:
 
     def replica_health(self, replica: str, up: bool) -> None:
         """A remote replica (the vLLM backend) answers or not."""
+
+    def replica_failed(self, replica: str, kind: str) -> None:
+        """A check of, or a request to, ``replica`` failed; ``kind`` is one of a fixed few (the
+        vLLM backend's ``failures.KINDS``: unreachable, tls, timeout, unauthorized, ...)."""
+
+    def replica_left(self, replica: str) -> None:
+        """Upstream discovery dropped ``replica``: nothing more will be reported of it."""
 
 
 @runtime_checkable

@@ -1,4 +1,4 @@
-"""Plain HTTP/1.1 on asyncio, with httptools' C parser: the vLLM hop's default ``UpstreamClient``.
+"""HTTP/1.1 on asyncio, with httptools' C parser: the vLLM hop's default ``UpstreamClient``.
 
 The gateway relays every chat request to vLLM, so the client's own cost per request is added
 to every answer. CPU per request on this project's 2-vCPU host, one-token streams one after
@@ -6,8 +6,13 @@ another from a bare upstream, through httpx's Request and Response: httpcore (ht
 0.95-1.08 ms, aiohttp 0.44-0.59 ms, this transport 0.27-0.32 ms, and 0.23 ms by ``request``
 (``exchange``), the ``UpstreamClient`` method (``upstream.py``) that all the vLLM backend's calls
 use (docs/benchmarks.md). It is also an httpx transport (``handle_async_request``). It is small
-because the vLLM hop needs little of a general client: plain ``http`` to a few known servers,
-bodies in memory, answers read as they come. What it does:
+because the vLLM hop needs little of a general client: ``http`` or ``https`` to a few known
+servers, bodies in memory, answers read as they come. What it does:
+
+- ``https``: TLS by asyncio's own (``create_connection(ssl=...)``), verified against one
+  ``ssl.SSLContext`` made once (``tls_context``: a CA bundle, or the system's CAs) with the URL's
+  host as the server name, also when the connection goes to an ``address`` found by discovery;
+  plain ``http`` takes no step more than it did before;
 
 - keeps connections alive per server, up to ``max_connections`` requests at once (then waits,
   up to the pool timeout), idle ones dropped after ``keepalive_expiry`` or when the server
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -38,27 +44,34 @@ from typing import cast
 import httptools
 import httpx
 
+Origin = tuple[str, int, str | None]  # the address to dial, its port, the TLS server name (None: plain)
 HIGH_WATER = 256 * 1024  # bytes read ahead of the reader before the server is held back
 DRAIN_GRACE = 5.0  # seconds an answer released before its end has to end, else its connection closes
 
 
 class Http1Transport(httpx.AsyncBaseTransport):
-    def __init__(self, max_connections: int = 1024, keepalive_expiry: float = 15.0):
+    def __init__(
+        self,
+        max_connections: int = 1024,
+        keepalive_expiry: float = 15.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
+        self._ssl = ssl_context  # made on the first https request when not given: the system's CAs
         # binds to the loop that first waits on it (asyncio's primitives bind lazily since Python 3.10)
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._idle: dict[Origin, deque[_Connection]] = {}
         self._open: set[_Connection] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        if url.scheme != "http" or request.method == "HEAD":
-            raise httpx.UnsupportedProtocol(f"Plain-HTTP requests with a body only, not {url}.")
+        if request.method == "HEAD":
+            raise httpx.UnsupportedProtocol(f"Requests with a body only, not HEAD {url}.")
         content = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
         message = request_head(request.method, url.raw_path, request.headers.raw) + content
         timeouts = request.extensions.get("timeout", {})
-        answer = await self.exchange((url.host, url.port or 80), message, timeouts)
+        answer = await self.exchange(origin_of(url), message, timeouts)
         return httpx.Response(
             answer.status_code,
             headers=answer.headers,
@@ -73,18 +86,16 @@ class Http1Transport(httpx.AsyncBaseTransport):
         content: bytes,
         headers: Iterable[tuple[bytes, bytes]],
         timeouts: Mapping[str, float | None],
+        address: str | None = None,
     ) -> Answer:
         """``exchange`` for ``method`` with ``content`` to ``url``, ``host`` and ``content-length`` added
-        (``UpstreamClient.request``: the answer is an ``UpstreamReply``)."""
-        if url.scheme != "http":  # not TLS to port 80 in plain text: httpx's pool (``HttpxUpstream``) does it
-            raise httpx.UnsupportedProtocol(f"Plain-HTTP requests only, not {url}.")
+        (``UpstreamClient.request``: the answer is an ``UpstreamReply``). ``address``: dial it instead
+        of ``url``'s host, which stays the ``host`` header and the TLS server name."""
         head = [*headers, (b"host", url.netloc), (b"content-length", b"%d" % len(content))]
         message = request_head(method, url.raw_path, head) + content
-        return await self.exchange((url.host, url.port or 80), message, timeouts)
+        return await self.exchange(origin_of(url, address), message, timeouts)
 
-    async def exchange(
-        self, origin: tuple[str, int], message: bytes, timeouts: Mapping[str, float | None]
-    ) -> Answer:
+    async def exchange(self, origin: Origin, message: bytes, timeouts: Mapping[str, float | None]) -> Answer:
         """Send ``message`` (a request's head and body, as ``request_head`` writes it) to ``origin``.
 
         Returns once the answer's head is in. This is ``handle_async_request`` without httpx's
@@ -103,8 +114,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
                     break
                 except _NoAnswer:
                     if fresh:
+                        hint = "" if origin[2] else " (is it an https server?)"
                         raise httpx.RemoteProtocolError(
-                            f"{origin[0]}:{origin[1]} closed the connection without answering."
+                            f"{origin[0]}:{origin[1]} closed the connection without answering{hint}."
                         ) from None
                     connection = None  # a kept-alive connection the server had closed: once more, anew
         except BaseException:  # a timeout, a cancelled request: the connection's state is unknown
@@ -128,7 +140,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         except TimeoutError:
             raise httpx.PoolTimeout(f"All {self._max_connections} connections stayed busy.") from None
 
-    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+    def _take_idle(self, key: Origin) -> _Connection | None:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
@@ -138,17 +150,28 @@ class Http1Transport(httpx.AsyncBaseTransport):
             connection.close()
         return None
 
-    async def _connect(self, key: tuple[str, int], timeout: float | None) -> _Connection:
+    async def _connect(self, key: Origin, timeout: float | None) -> _Connection:
+        host, port, server_name = key
+        tls = None if server_name is None else self._tls()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                _, connection = await loop.create_connection(lambda: _Connection(self, key), *key)
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self, key), host, port, ssl=tls, server_hostname=server_name
+                )
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"No connection to {key[0]}:{key[1]} in {timeout} s.") from None
+            raise httpx.ConnectTimeout(f"No connection to {host}:{port} in {timeout} s.") from None
+        except ssl.SSLError as exc:  # before OSError, its base: the reason is TLS's, not the network's
+            raise httpx.ConnectError(f"TLS with {server_name} at {host}:{port} failed: {exc}") from exc
         except OSError as exc:
-            raise httpx.ConnectError(f"No connection to {key[0]}:{key[1]}: {exc}") from exc
+            raise httpx.ConnectError(f"No connection to {host}:{port}: {exc}") from exc
         self._open.add(connection)
         return connection
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
     def _release(self, connection: _Connection) -> None:
         """The answer is over: its slot is free, and a connection that is still good is kept."""
@@ -176,9 +199,9 @@ class _Connection(asyncio.Protocol):
     transport: asyncio.Transport  # set by connection_made, before create_connection returns the protocol
     _grace: asyncio.TimerHandle  # set by when_complete with _then, and read only while _then is set
 
-    def __init__(self, pool: Http1Transport, key: tuple[str, int]):
+    def __init__(self, pool: Http1Transport, key: Origin):
         self._pool = pool
-        self.key = key  # (host, port), as the pool knows it
+        self.key = key  # as the pool knows it
         self.closed = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None  # set while a request is out
@@ -373,6 +396,17 @@ class Answer(httpx.AsyncByteStream):
             if not self._connection.complete:
                 self._connection.close()
             self._pool._release(self._connection)
+
+
+def origin_of(url: httpx.URL, address: str | None = None) -> Origin:
+    """Where a request to ``url`` goes: ``address`` (else the URL's host), the port, and for ``https``
+    the server name that TLS verifies (the URL's host)."""
+    scheme = url.scheme
+    if scheme == "http":
+        return address or url.host, url.port or 80, None
+    if scheme == "https":
+        return address or url.host, url.port or 443, url.host
+    raise httpx.UnsupportedProtocol(f"http:// or https:// only, not {url}.")
 
 
 def request_head(method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:

@@ -6,8 +6,10 @@ one; then it goes to the least busy replica (which loads the adapter). A request
 for the base model goes to the least busy replica. Replicas that are down are
 skipped, and so are those a request has already failed on.
 
-The router only keeps the books (up/down, in-flight counts, adapters held in
-least-recently-used order); talking to vLLM is ``vllm.py``'s job.
+The router only keeps the books (up/down and why, in-flight counts, adapters held in
+least-recently-used order); talking to vLLM is ``engine.py``'s job. Replicas join and leave
+(``add``, ``remove``: upstream discovery); a request that holds a replica that left finishes
+on it, and what the replica held is forgotten with it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ from ...errors import EngineUnavailableError
 
 @dataclass(eq=False)
 class Replica:
-    url: str  # base URL, without /v1
+    url: str  # base URL as configured, without /v1; its host is the Host header and TLS's server name
+    address: str | None = None  # the IP discovery found for the URL's host name; None: dial the host
     up: bool = False
+    reason: str = "not checked yet"  # why it is down (the last failure), for /ready and the logs
+    failure: str = ""  # the kind of that failure (a metric's label), "" while up or never checked
+    left: bool = False  # discovery dropped it: requests still on it finish, no event reports it
     missed_checks: int = 0  # health checks in a row that got no answer in time
     inflight: int = 0
     picks: int = 0  # breaks ties between equally busy replicas, round-robin
@@ -35,11 +41,28 @@ class Replica:
     adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)  # held; least recent first
     users: Counter[str] = field(default_factory=Counter)  # in-flight requests per adapter
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # one load at a time per adapter
+    name: str = field(init=False)  # ``host:port`` (the address's, if any): metrics, logs, the ledger
 
-    @property
-    def name(self) -> str:
-        """``host:port``: the replica's label in metrics and logs."""
-        return urlsplit(self.url).netloc or self.url
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if self.address is None:
+            self.name = parts.netloc or self.url
+            return
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.name = f"[{self.address}]:{port}" if ":" in self.address else f"{self.address}:{port}"
+
+    def status(self) -> dict[str, object]:
+        """What ``/ready`` shows of it."""
+        state: dict[str, object] = {
+            "replica": self.name,
+            "url": self.url,
+            "state": "up" if self.up else "down",
+        }
+        if self.address is not None:
+            state["address"] = self.address
+        if not self.up:
+            state["reason"] = self.reason
+        return state
 
     def holds(self, adapter: str) -> bool:
         return adapter in self.adapters
@@ -70,13 +93,19 @@ class Replica:
 
 class Router:
     def __init__(self, replicas: Sequence[Replica], affinity_slack: int = 4):
-        if not replicas:
-            raise ValueError("the vLLM backend needs at least one replica")
-        self.replicas = list(replicas)
+        self.replicas = list(replicas)  # may be empty until discovery finds some
         self.affinity_slack = affinity_slack
 
     def up(self) -> list[Replica]:
         return [r for r in self.replicas if r.up]
+
+    def add(self, replica: Replica) -> None:
+        self.replicas.append(replica)
+
+    def remove(self, replica: Replica) -> None:
+        """No new request goes to ``replica``; those on it finish. Its books (adapters) go with it."""
+        replica.left = True
+        self.replicas.remove(replica)
 
     def pick(self, adapter: str | None, exclude: Sequence[Replica] = ()) -> Replica:
         """The replica for the next request; raises 503 when none is up (or all were tried)."""

@@ -4,7 +4,9 @@ The server gets the flags multi-LoRA serving needs (``--enable-lora``, ``--max-l
 from the registry's largest adapter, ``--max-loras``) and runtime adapter loading
 (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``); tool calling (``--enable-auto-tool-choice
 --tool-call-parser``, with the parser settings name for the model); and compact structured
-output (``STRUCTURED_OUTPUT``). If it dies it is started again, after a pause
+output (``STRUCTURED_OUTPUT``); and ``upstream_api_key`` as vLLM's key (``VLLM_API_KEY``, which
+vLLM reads as it reads ``--api-key``: in the environment, the key stays out of ``ps`` and out of
+the logged command line). If it dies it is started again, after a pause
 that doubles up to a minute; the vLLM backend's health loop takes it out of service
 meanwhile, and re-reads its (empty) adapter set when it is back. ``close()`` sends
 SIGTERM to its process group, then SIGKILL if it lingers.
@@ -20,6 +22,8 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from ...registry import VLLM_LORA_RANKS
 
@@ -57,6 +61,7 @@ class VllmCommand:
     host: str = "127.0.0.1"
     tool_call_parser: str = ""  # e.g. "hermes"; empty: no tool calling (vLLM refuses tool_choice "auto")
     compact_json: bool = True  # --structured-outputs-config STRUCTURED_OUTPUT
+    api_key: SecretStr | str | None = None  # vLLM's --api-key, given as VLLM_API_KEY (see ``env``)
 
     def argv(self) -> list[str]:
         args = [
@@ -82,6 +87,11 @@ class VllmCommand:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def env(self) -> dict[str, str]:
+        """What the server's environment adds: runtime adapter loading, offline, the key if any."""
+        key = self.api_key.get_secret_value() if isinstance(self.api_key, SecretStr) else self.api_key
+        return {**RUNTIME_LORA_ENV, "VLLM_API_KEY": key} if key else dict(RUNTIME_LORA_ENV)
+
 
 @dataclass
 class VllmSupervisor:
@@ -95,6 +105,7 @@ class VllmSupervisor:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="loragate-vllm-supervisor")
+        self._task.add_done_callback(_report_failure)
 
     async def _supervise(self) -> None:
         backoff = self.backoff
@@ -102,7 +113,7 @@ class VllmSupervisor:
             argv = self.command.argv()
             log.info("starting vLLM: %s", shlex.join(argv))
             self.process = await asyncio.create_subprocess_exec(
-                *argv, env={**os.environ, **RUNTIME_LORA_ENV}, start_new_session=True
+                *argv, env={**os.environ, **self.command.env()}, start_new_session=True
             )
             code = await self.process.wait()
             if self._closing:
@@ -126,6 +137,12 @@ class VllmSupervisor:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """A supervisor that could not start vLLM (a bad python path, a bad setting) says so, at once."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the vLLM supervisor stopped: vLLM is not running", exc_info=task.exception())
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

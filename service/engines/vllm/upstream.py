@@ -4,11 +4,17 @@ Every call the backend makes to a replica (streamed chat, adapter loads and unlo
 /v1/models, /metrics) goes through ``UpstreamClient.request``, so a client that adds TLS or an
 upstream key, or a test fake, is swapped in without the backend knowing which it has:
 
-- ``http1.Http1Transport``, the default: the gateway's own HTTP/1.1 client, plain ``http`` only,
-  whose replies release their connection at an event stream's ``[DONE]`` (a quarter of
-  httpcore's CPU per request; docs/benchmarks.md);
+- ``http1.Http1Transport``, the default: the gateway's own HTTP/1.1 client (``http`` and
+  ``https``), whose replies release their connection at an event stream's ``[DONE]`` (a quarter
+  of httpcore's CPU per request; docs/benchmarks.md);
 - ``HttpxUpstream``: any ``httpx.AsyncBaseTransport`` (httpx's own pool, with TLS and proxies,
   by default; ``httpx.MockTransport`` in the unit tests).
+
+Both verify ``https`` replicas against one ``ssl.SSLContext`` (``tls_context``: the
+``upstream_ca_bundle``, else the system's CAs). A replica found by discovery is an ``address``
+beside the configured URL: the connection goes to the address, while the URL's host stays the
+``host`` header and the name TLS verifies (a Kubernetes headless Service's pods share one
+certificate name).
 
 Failures are httpx's exception classes whichever client raises them (``httpx.ConnectError``,
 ``httpx.ReadTimeout``, ...): the backend retries on another replica, or maps them to its own
@@ -18,7 +24,9 @@ errors, by class.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol, cast
 
 import httpx
@@ -53,37 +61,56 @@ class UpstreamReply(Protocol):
 
 class UpstreamClient(Protocol):
     async def request(
-        self, method: str, url: httpx.URL, content: bytes, headers: Headers, timeouts: Timeouts
+        self,
+        method: str,
+        url: httpx.URL,
+        content: bytes,
+        headers: Headers,
+        timeouts: Timeouts,
+        address: str | None = None,
     ) -> UpstreamReply:
-        """Send ``content`` to ``url``; return once the answer's head is in. ``host`` and
-        ``content-length`` are the client's to add."""
+        """Send ``content`` to ``url`` (to ``address``, if given, instead of ``url``'s host); return
+        once the answer's head is in. ``host`` and ``content-length`` are the client's to add."""
         ...
 
     async def aclose(self) -> None: ...
 
 
-async def fetch(
-    client: UpstreamClient, method: str, url: str, content: bytes, headers: Headers, timeouts: Timeouts
-) -> tuple[int, bytes]:
-    """A whole answer: its status and body (the backend's calls other than chat)."""
-    reply = await client.request(method, httpx.URL(url), content, headers, timeouts)
-    try:
-        return reply.status_code, await reply.aread()
-    finally:
-        await reply.aclose()
+def tls_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
+    """The context every ``https`` replica is verified with: ``ca_bundle`` (PEM) or the system's CAs.
+
+    Made once per engine: building one reads the CA files, which costs milliseconds.
+    """
+    return ssl.create_default_context(cafile=None if ca_bundle is None else str(ca_bundle))
 
 
 class HttpxUpstream:
     """``UpstreamClient`` over an httpx transport: httpx's own pool by default (TLS, proxies)."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 1024):
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 1024,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._transport = transport or httpx.AsyncHTTPTransport(limits=limits)
+        verify: ssl.SSLContext | bool = ssl_context or True
+        self._transport = transport or httpx.AsyncHTTPTransport(limits=limits, verify=verify)
 
     async def request(
-        self, method: str, url: httpx.URL, content: bytes, headers: Headers, timeouts: Timeouts
+        self,
+        method: str,
+        url: httpx.URL,
+        content: bytes,
+        headers: Headers,
+        timeouts: Timeouts,
+        address: str | None = None,
     ) -> HttpxReply:
-        extensions = {"timeout": timeouts}
+        extensions: dict[str, object] = {"timeout": timeouts}
+        if address is not None:  # dial the address; the URL's host stays the Host header and TLS's name
+            headers = [(b"host", url.netloc), *headers]
+            extensions["sni_hostname"] = url.host
+            url = url.copy_with(host=address)
         request = httpx.Request(method, url, content=content, headers=headers, extensions=extensions)
         return HttpxReply(await self._transport.handle_async_request(request))
 

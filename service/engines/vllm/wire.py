@@ -29,6 +29,7 @@ from ...errors import (
     ModelNotFoundError,
     UpstreamError,
 )
+from ..base import ServedDelta
 
 BURST = 8  # events relayed in a row before others get the event loop (the last chunks of an answer fit)
 CHAT_PATH = "/v1/chat/completions"
@@ -217,6 +218,7 @@ class ChunkReader:
     """
 
     n: int
+    served_by: str | None = None  # the replica: named on the finishing deltas (``ServedDelta``)
     finished: dict[int, FinishReason] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -272,8 +274,11 @@ class ChunkReader:
         if not self.finished:
             return []
         indexes = sorted(self.finished)
-        out = [
+        replica = self.served_by
+        out: list[Delta] = [
             Delta(i, "", self.finished[i], prompt_tokens=self.prompt_tokens, completion_tokens=0)
+            if replica is None
+            else ServedDelta(i, "", self.finished[i], prompt_tokens=self.prompt_tokens, replica=replica)
             for i in indexes
         ]
         out[-1].completion_tokens = self.completion_tokens

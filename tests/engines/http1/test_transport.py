@@ -93,10 +93,10 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
     await transport.aclose()
 
 
-async def test_a_tls_url_is_refused_not_sent_in_plain_text() -> None:
+async def test_a_scheme_other_than_http_or_https_is_refused() -> None:
     transport = Http1Transport()
     with pytest.raises(httpx.UnsupportedProtocol):
-        await transport.request("POST", httpx.URL("https://vllm.internal/v1/chat/completions"), b"{}", [], {})
+        await transport.request("POST", httpx.URL("ftp://vllm.internal/v1/x"), b"{}", [], {})
     await transport.aclose()
 
 
