@@ -149,7 +149,10 @@ class SamplingFields(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1)] = 1
-    stop: Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=16)] = []
+    # a factory, not ``= []``: pydantic deep-copies a mutable default for every request it parses
+    stop: Annotated[
+        list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=16, default_factory=list)
+    ]
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # torch generators take int64

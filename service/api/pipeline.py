@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import fastjson
 from ..cancel import RequestScope, ScopeEnded
 from ..errors import (
     ClientDisconnected,
@@ -324,7 +324,7 @@ async def relay(events: AsyncGenerator[str, None], send: Send, headers: dict[str
 
 
 async def send_json(send: Send, content: Any, headers: dict[str, str]) -> None:
-    body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    body = fastjson.dumps(content)
     head = {"content-type": "application/json", "content-length": str(len(body)), **headers}
     await send({"type": "http.response.start", "status": 200, "headers": _raw(head)})
     await send({"type": "http.response.body", "body": body})

@@ -7,17 +7,20 @@ answer's last bytes; these tests read the SQLite file the server writes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from service import accounting
 from service.app import create_app
 from tests.conftest import TINY_MODEL, LiveServer
 from tests.gates import gated_engine
@@ -210,3 +213,16 @@ def test_text_is_kept_only_for_a_tenant_that_opted_in(server: LiveServer, world:
     assert row["retention_days"] == 7 and row["text_expires"] is not None
     (other,) = rows(world, "ledger-chat-False")  # acme did not opt in
     assert other["prompt_text"] is None and other["completion_text"] is None
+
+
+async def test_an_answer_waits_at_most_ledger_wait_for_its_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that hangs must not hold answers: after LEDGER_WAIT the answer goes out regardless."""
+    monkeypatch.setattr(accounting, "LEDGER_WAIT", 0.05)
+    loop = asyncio.get_running_loop()
+    never: asyncio.Future[None] = loop.create_future()  # a commit that never comes
+    state: Any = SimpleNamespace(ledger=SimpleNamespace(record=lambda entry: never))
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(accounting._wait(state, entry=None), 5)  # type: ignore[arg-type]
+    assert 0.04 <= loop.time() - started < 2
+    assert never.done()  # the writer skips it when the commit lands later

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ... import fastjson
 from ...domain import (
     ChatMessage,
     Constraint,
@@ -230,7 +231,7 @@ class ChunkReader:
             self.done = True
             return self.finish()
         try:
-            chunk = json.loads(data)
+            chunk = fastjson.loads(data)
         except ValueError:
             raise UpstreamError("The model server sent a malformed stream.") from None
         if not isinstance(chunk, dict):
