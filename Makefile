@@ -76,6 +76,7 @@ bench: model vllm $(DEV_STAMP)
 	$(PY) -m loadtests.bench_constrained
 	$(PY) -m loadtests.bench_vllm
 	$(PY) -m loadtests.bench_accounting
+	$(PY) -m loadtests.bench_reference
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check service tests loadtests adapters testkit docker

@@ -5,7 +5,7 @@ that leaves, or the drain's end, moves that timeout to "now". ``asyncio.Timeout`
 tells its own cancellation from anyone else's (``Task.uncancel``), so a server shutting down still
 reads as a plain cancellation. anyio's ``CancelScope`` did this job before, at several times the
 CPU per request (task-state lookups in a weak dictionary on every enter and exit): on the gateway's
-hot path that was ~5% of a request's CPU (docs/benchmarks.md, "Limits and the ledger").
+hot path that was 5-8% of a request's CPU (docs/benchmarks.md, "Limits and the ledger").
 """
 
 from __future__ import annotations
