@@ -1,8 +1,16 @@
-"""The legal demo department's contract clauses (written for this project); see make_datasets.py."""
+"""The legal demo department's contract clauses and how its rows are written; see make_datasets.py.
+
+A clause is one *group* of rows: its text, summary and risk appear only on its own side of the
+train/held-out split. Each clause type has three clauses, and a held-out clause leaves at least
+two of its type in training.
+"""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+
+from .data import InstructionRow
 
 
 @dataclass(frozen=True)
@@ -205,3 +213,98 @@ CLAUSES = (
            "medium", "the counterparty may change through a corporate deal"),
 )
 # fmt: on
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+COUNTERPARTIES = (
+    "Acme Cloud Ltd", "Birchwood Analytics", "Cobalt Logistics", "Delta Print GmbH", "Evergreen Foods",
+    "Falcon Security", "Granite Software", "Harbor Health", "Ion Energy", "Juniper Media",
+    "Kestrel Payments", "Lumen Robotics", "Meridian Bank", "Northwind Traders", "Orchid Labs",
+    "Pinnacle Consulting", "Quartz Telecom", "Riverside Hotels", "Summit Staffing", "Tidal Data",
+)  # fmt: skip
+CONTRACTS = (
+    "software licence", "cloud services agreement", "consulting agreement", "supply agreement", "NDA",
+    "data processing agreement", "master services agreement", "reseller agreement",
+)  # fmt: skip
+LEGAL_ASKS = (
+    (
+        "Summarize this {clause} clause from our {contract} with {party} and rate the risk for us.",
+        "summarization",
+    ),
+    ("We are negotiating a {contract} with {party}. Review the {clause} clause below.", "summarization"),
+    (
+        "What does this {clause} clause in the {party} {contract} mean for us, and how risky is it?",
+        "closed_qa",
+    ),
+    ("Classify the risk of the {clause} clause in our {contract} with {party}.", "classification"),
+    (
+        "Extract the key obligation from the {clause} clause of the {party} {contract} and assess its risk.",
+        "information_extraction",
+    ),
+    ("Legal review request: {clause} clause, {contract}, counterparty {party}.", "summarization"),
+)
+# Asked only of held-out clauses: the held-out rows also test phrasings never trained on.
+HELD_OUT_ASKS = (
+    ("{party} sent us a {contract}. Is the {clause} clause below acceptable for us?", "closed_qa"),
+    ("Give me a short risk note on the {clause} clause in the {contract} from {party}.", "summarization"),
+)
+
+
+def legal_row(rng: random.Random, clause: Clause, group: str, held_out: bool) -> InstructionRow:
+    template, category = rng.choice(LEGAL_ASKS + HELD_OUT_ASKS if held_out else LEGAL_ASKS)
+    instruction = template.format(
+        clause=clause.name, contract=rng.choice(CONTRACTS), party=rng.choice(COUNTERPARTIES)
+    )
+    response = f"SUMMARY: {clause.summary}\nRISK: {clause.risk} - {clause.reason}"
+    expected = {"risk": clause.risk, "clause_type": clause.name}
+    return InstructionRow(instruction, clause.text, response, category, group, expected)
+
+
+# The legal team's preference: the risk line ends with what to do. Several wordings per level, so
+# that no one suffix defines the preferred answer; the last wording of each level appears only in
+# the held-out pairs.
+LEGAL_ACTIONS = {
+    "low": ("no action needed", "fine to sign as it stands", "nothing to negotiate here", "safe to accept"),
+    "medium": (
+        "accept with a note to the contract owner",
+        "acceptable, but flag it to the contract owner",
+        "sign only after the business owner agrees to the exposure",
+        "tell the contract owner before accepting",
+    ),
+    "high": (
+        "negotiate before signing",
+        "do not sign without changing this clause",
+        "push back and propose a balanced version",
+        "ask for this clause to be removed or rewritten",
+    ),
+}
+
+
+def legal_preferred(row: InstructionRow, rng: random.Random, held_out: bool) -> str:
+    """The risk line ends with an action: `; <action>` or `. <Action>.`, in varying words."""
+    summary_line, risk_line = row.response.split("\n")
+    level = risk_line.removeprefix("RISK: ").split(" - ", 1)[0]
+    wordings = LEGAL_ACTIONS[level]
+    action = wordings[-1] if held_out else rng.choice(wordings[:-1])
+    if rng.random() < 0.5:
+        return f"{summary_line}\n{risk_line}; {action}"
+    return f"{summary_line}\n{risk_line}. {action[0].upper()}{action[1:]}."
+
+
+def legal_rejected(row: InstructionRow, rng: random.Random) -> str:
+    """A plausible answer to the row that breaks the SUMMARY/RISK format."""
+    summary_line, risk_line = row.response.split("\n")
+    summary = summary_line.removeprefix("SUMMARY: ")
+    level, reason = risk_line.removeprefix("RISK: ").split(" - ", 1)
+    variant = rng.randrange(5)
+    if variant == 0:  # free prose
+        opening = f"In short, {summary[0].lower()}{summary[1:]}"
+        return f"{opening} I would see this as {level} risk because of {reason}."
+    if variant == 1:  # RISK line missing
+        return summary_line
+    if variant == 2:  # wrong order
+        return f"{risk_line}\n{summary_line}"
+    if variant == 3:  # other labels
+        return f"Summary: {summary}\nRisk level: {level.capitalize()} ({reason})"
+    return f"SUMMARY:\n- {summary}\nRISK: {level}"

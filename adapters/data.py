@@ -4,10 +4,14 @@ Instruction data uses the databricks-dolly-15k schema, one row per line (JSONL) 
 
     {"instruction": "...", "context": "...", "response": "...", "category": "open_qa"}
 
-`context` may be empty or absent; the other three fields must be non-empty strings, and `category`
-one of dolly's eight. Preference pairs (JSONL) carry `prompt`, `chosen` and `rejected`, where
-`prompt` is the user turn as `prompt_text` renders it. Any malformed row raises `DataError`, whose
-message names the file, the line and the problem.
+`instruction` and `response` must be non-empty strings. `context` may be empty or absent.
+`category` may be absent (then `DEFAULT_CATEGORY`); when given it is one of dolly's eight. Two
+optional fields are read from JSONL and ignored by dolly tools: `group` (rows of one group, e.g. one
+problem or one clause, are never split between train and held-out) and `expected` (the true field
+values of the answer, for exact field scoring). Other fields are ignored. Preference pairs (JSONL)
+carry `prompt`, `chosen` and `rejected`, where `prompt` is the user turn as `prompt_text` renders
+it. A malformed row raises `DataError`, whose message names the file, the line and the problem;
+with `skip_bad_rows` such rows are skipped and returned, so the caller can report how many.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import csv
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -33,6 +37,7 @@ CATEGORIES = frozenset(
         "creative_writing",
     }
 )
+DEFAULT_CATEGORY = "general_qa"
 INSTRUCTION_FIELDS = ("instruction", "context", "response", "category")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -54,14 +59,22 @@ class InstructionRow:
     context: str
     response: str
     category: str
+    group: str = ""
+    # The answer's true field values (scored exactly by the evaluation); not part of equality.
+    expected: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def key(self) -> str:
-        """What identifies the row's prompt (used by `split`)."""
-        return prompt_text(self)
+        """What `split` keeps together: the row's group, else its prompt."""
+        return self.group or prompt_text(self)
 
-    def to_json(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in INSTRUCTION_FIELDS}
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {name: getattr(self, name) for name in INSTRUCTION_FIELDS}
+        if self.group:
+            record["group"] = self.group
+        if self.expected is not None:
+            record["expected"] = dict(self.expected)
+        return record
 
 
 @dataclass(frozen=True)
@@ -80,9 +93,17 @@ class PreferencePair:
 
 # --- loading -------------------------------------------------------------------------------------
 
+Record = dict[str, Any] | DataError
 
-def load_instructions(path: str | Path) -> list[InstructionRow]:
-    """Rows from a `.jsonl` or `.csv` file in the dolly schema."""
+
+def read_instructions(
+    path: str | Path, *, skip_bad_rows: bool = False
+) -> tuple[list[InstructionRow], list[DataError]]:
+    """(rows, skipped) from a `.jsonl` or `.csv` file in the dolly schema.
+
+    Without `skip_bad_rows` the first bad row raises its `DataError`; with it, bad rows are left
+    out and returned. File-level problems (unknown type, CSV header, no usable row) always raise.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -91,50 +112,101 @@ def load_instructions(path: str | Path) -> list[InstructionRow]:
         records = _csv_records(path)
     else:
         raise DataError(path, None, f"unknown file type {suffix!r} (expected .jsonl or .csv)")
-    rows = [_instruction_row(path, line, record) for line, record in records]
-    if not rows:
-        raise DataError(path, None, "no rows")
-    return rows
+    return _collect(path, records, _instruction_row, skip_bad_rows)
 
 
-def load_preferences(path: str | Path) -> list[PreferencePair]:
-    """Preference pairs from a `.jsonl` file."""
+def load_instructions(path: str | Path, *, skip_bad_rows: bool = False) -> list[InstructionRow]:
+    """Rows from a `.jsonl` or `.csv` file in the dolly schema (see `read_instructions`)."""
+    return read_instructions(path, skip_bad_rows=skip_bad_rows)[0]
+
+
+def read_requests(
+    path: str | Path, *, skip_bad_rows: bool = False
+) -> tuple[list[InstructionRow], list[DataError]]:
+    """(rows, skipped) from a `.jsonl` file of requests whose `response` is optional (empty when absent):
+    the independent held-out requests (scored by their `expected` fields) and off-domain probes."""
     path = Path(path)
-    pairs = []
-    for line, record in _jsonl_records(path):
-        values = _required_strings(path, line, record, PREFERENCE_FIELDS)
-        pairs.append(PreferencePair(**values))
-    if not pairs:
-        raise DataError(path, None, "no rows")
-    return pairs
+
+    def request(path: Path, line: int, record: dict[str, Any]) -> InstructionRow:
+        return _instruction_row(
+            path, line, {"response": "-"} | record | {"response": record.get("response") or "-"}
+        )
+
+    rows, skipped = _collect(path, _jsonl_records(path), request, skip_bad_rows)
+    return [replace(row, response="" if row.response == "-" else row.response) for row in rows], skipped
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_preferences(
+    path: str | Path, *, skip_bad_rows: bool = False
+) -> tuple[list[PreferencePair], list[DataError]]:
+    """(pairs, skipped) from a `.jsonl` file."""
+    path = Path(path)
+
+    def pair(path: Path, line: int, record: dict[str, Any]) -> PreferencePair:
+        return PreferencePair(**_required_strings(path, line, record, PREFERENCE_FIELDS))
+
+    return _collect(path, _jsonl_records(path), pair, skip_bad_rows)
+
+
+def load_preferences(path: str | Path, *, skip_bad_rows: bool = False) -> list[PreferencePair]:
+    """Preference pairs from a `.jsonl` file."""
+    return read_preferences(path, skip_bad_rows=skip_bad_rows)[0]
+
+
+R = TypeVar("R")
+
+
+def _collect(
+    path: Path,
+    records: Iterator[tuple[int, Record]],
+    build: Callable[[Path, int, dict[str, Any]], R],
+    skip_bad_rows: bool,
+) -> tuple[list[R], list[DataError]]:
+    rows: list[R] = []
+    skipped: list[DataError] = []
+    for line, record in records:
+        try:
+            if isinstance(record, DataError):
+                raise record
+            rows.append(build(path, line, record))
+        except DataError as exc:
+            if not skip_bad_rows:
+                raise
+            skipped.append(exc)
+    if not rows:
+        raise DataError(path, None, f"no rows ({len(skipped)} bad rows skipped)" if skipped else "no rows")
+    return rows, skipped
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Record]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(path, number, f"not UTF-8 ({exc.reason})") from None
+                yield number, DataError(path, number, f"not UTF-8 ({exc.reason})")
+                continue
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise DataError(path, number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+                yield number, DataError(path, number, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
             if not isinstance(record, dict):
-                raise DataError(path, number, f"expected a JSON object, got {type(record).__name__}")
+                yield number, DataError(path, number, f"expected a JSON object, got {type(record).__name__}")
+                continue
             yield number, record
 
 
-def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_records(path: Path) -> Iterator[tuple[int, Record]]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader, None)
             if header is None:
                 return
-            missing = [name for name in ("instruction", "response", "category") if name not in header]
+            missing = [name for name in ("instruction", "response") if name not in header]
             if missing:
                 raise DataError(path, 1, f"CSV header lacks column(s) {', '.join(missing)}")
             while True:
@@ -145,9 +217,9 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not fields:
                     continue
                 if len(fields) > len(header):
-                    raise DataError(
-                        path, start, f"{len(fields)} fields, more than the header's {len(header)}"
-                    )
+                    problem = f"{len(fields)} fields, more than the header's {len(header)}"
+                    yield start, DataError(path, start, problem)
+                    continue
                 yield start, dict(zip(header, fields, strict=False))
         except csv.Error as exc:
             raise DataError(path, reader.line_num, f"invalid CSV: {exc}") from None
@@ -155,18 +227,26 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise DataError(path, reader.line_num + 1, f"not UTF-8 ({exc.reason})") from None
 
 
+def _optional_string(path: Path, line: int, record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(path, line, f"field {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
 def _instruction_row(path: Path, line: int, record: dict[str, Any]) -> InstructionRow:
-    values = _required_strings(path, line, record, ("instruction", "response", "category"))
-    context = record.get("context", "")
-    if context is None:
-        context = ""
-    if not isinstance(context, str):
-        raise DataError(path, line, f"field 'context' must be a string, got {type(context).__name__}")
-    if values["category"] not in CATEGORIES:
-        raise DataError(
-            path, line, f"unknown category {values['category']!r} (expected one of {sorted(CATEGORIES)})"
-        )
-    return InstructionRow(context=context, **values)
+    values = _required_strings(path, line, record, ("instruction", "response"))
+    context = _optional_string(path, line, record, "context")
+    category = _optional_string(path, line, record, "category").strip() or DEFAULT_CATEGORY
+    if category not in CATEGORIES:
+        raise DataError(path, line, f"unknown category {category!r} (expected one of {sorted(CATEGORIES)})")
+    expected = record.get("expected")
+    if expected is not None and not isinstance(expected, dict):
+        raise DataError(path, line, f"field 'expected' must be an object, got {type(expected).__name__}")
+    group = _optional_string(path, line, record, "group")
+    return InstructionRow(context=context, category=category, group=group, expected=expected, **values)
 
 
 def _required_strings(path: Path, line: int, record: dict[str, Any], names: Sequence[str]) -> dict[str, str]:
@@ -195,21 +275,24 @@ T = TypeVar("T", bound=_Keyed)
 
 
 def split(rows: Sequence[T], held_out_fraction: float, seed: int) -> tuple[list[T], list[T]]:
-    """(train, held_out): `round(len(rows) * held_out_fraction)` rows held out, chosen by seed.
+    """(train, held_out): whole groups (rows with the same `key`) held out, chosen by seed.
 
-    Each row is ranked by a hash of the seed and its prompt, so the split depends only on the seed
-    and the rows (not on Python's hash seed), and adding rows rarely moves existing ones. Both
-    parts keep the input order.
+    Groups are ranked by a hash of the seed and their key and held out in that order until at
+    least `round(len(rows) * held_out_fraction)` rows are; so the split depends only on the seed
+    and the rows (not on Python's hash seed), adding rows rarely moves existing ones, and no
+    group (or repeated prompt) is on both sides. Both parts keep the input order.
     """
     if not 0.0 <= held_out_fraction < 1.0:
         raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
     count = round(len(rows) * held_out_fraction)
-
-    def rank(index: int) -> tuple[bytes, int]:
-        digest = hashlib.sha256(f"{seed}\0{rows[index].key}".encode()).digest()
-        return digest, index
-
-    held = set(sorted(range(len(rows)), key=rank)[:count])
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(row.key, []).append(index)
+    held: set[int] = set()
+    for key in sorted(groups, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).digest()):
+        if len(held) >= count:
+            break
+        held.update(groups[key])
     train = [row for index, row in enumerate(rows) if index not in held]
     held_out = [row for index, row in enumerate(rows) if index in held]
     return train, held_out

@@ -1,8 +1,10 @@
 """Judges: which of two answers to the same prompt is better.
 
     reward   the department's reward model (`loragate train reward`) scores each answer
-    llm      the base model, prompted with the recipe's rubric, picks A or B; asked in both
-             orders and averaged, so that a preference for the first position cancels out
+    llm      a causal LM (the base model, or any local folder), prompted with the recipe's rubric,
+             picks A or B by the odds of the next token; asked in both orders, and a win only
+             when both orders agree (a tie otherwise), so a position bias cannot make a winner
+    openai   the same question to an OpenAI-compatible endpoint (`independent_judges`)
     rule     the department's format check: an answer that passes beats one that fails
 
 With `judge.format_first` (the default) and a format check, the department's format comes first:
@@ -74,7 +76,10 @@ class RewardJudge:
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification
 
+        from .modeling import device
+
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+        model = model.to(device())  # the GPU when there is one, as every other model of the factory
         model.config.pad_token_id = tokenizer.pad_token_id
         return cls(PeftModel.from_pretrained(model, adapter), tokenizer)
 
@@ -131,11 +136,21 @@ class LlmJudge:
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]:
         first = self._p_first(prompts, a, b)
         swapped = self._p_first(prompts, b, a)
-        verdicts = []
-        for p1, p2 in zip(first, swapped, strict=True):
-            p = (p1 + (1.0 - p2)) / 2
-            verdicts.append(Verdict(1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5, {"p_a": round(p, 4)}))
-        return verdicts
+        return both_orders(first, [1.0 - p for p in swapped])
+
+
+def both_orders(first: Sequence[float], second: Sequence[float]) -> list[Verdict]:
+    """Verdicts from P(A is better) asked with A shown first and with A shown second.
+
+    A wins only when both orders say so, B only when both say B; a judge that flips with the
+    order (a position bias) gives a tie. `p_a` is the mean of the two.
+    """
+    verdicts = []
+    for p1, p2 in zip(first, second, strict=True):
+        preference = 1.0 if p1 > 0.5 and p2 > 0.5 else 0.0 if p1 < 0.5 and p2 < 0.5 else 0.5
+        detail = {"p_a": round((p1 + p2) / 2, 4), "p_a_first": round(p1, 4), "p_a_second": round(p2, 4)}
+        verdicts.append(Verdict(preference, detail))
+    return verdicts
 
 
 class FormatFirst:

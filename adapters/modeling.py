@@ -2,7 +2,8 @@
 
 Weights are float32 on the CPU: on AVX2-only CPUs bf16 is emulated and about twice as slow,
 and float32 gives the same greedy tokens as the gateway's embedded engine. On a GPU the
-trainers use bf16 mixed precision when the device supports it.
+trainers use bf16 mixed precision when the device supports it, and models loaded here for
+evaluation, sampling and judging go to the GPU when there is one (`device()`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def device() -> torch.device:
+    """Where models for generation and scoring run: the first GPU when there is one, else the CPU."""
+    return torch.device("cuda" if on_gpu() else "cpu")
+
+
 def setup_torch(recipe: Recipe) -> None:
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -50,7 +56,7 @@ def load_tokenizer(base: Path, padding_side: str = "right") -> Any:
 def load_causal_lm(base: Path, tokenizer: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device())
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -49,9 +49,9 @@ def gate_failures(gate: GateSpec, figures: dict[str, Any], win: dict[str, Any] |
     if gate.min_format and (compliance is None or compliance < gate.min_format):
         failures.append(f"format compliance {compliance} is below the gate's {gate.min_format}")
     if gate.min_win_rate:
-        rate = None if win is None else win["win_rate"]
+        rate = None if win is None else win.get("low", win["win_rate"])  # the interval's lower bound
         if rate is None or rate < gate.min_win_rate:
-            failures.append(f"win rate over L2 {rate} is below the gate's {gate.min_win_rate}")
+            failures.append(f"the win rate's lower bound {rate} is below the gate's {gate.min_win_rate}")
     return failures
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.registry import VLLM_LORA_RANKS
+
+from .data import FORMAT_CHECKS
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -32,18 +34,57 @@ class _Strict(BaseModel):
 
 
 class DataSpec(_Strict):
-    train: Path = Field(description="dolly-schema rows (JSONL or CSV) to train on")
+    train: Path = Field(
+        description="dolly-schema rows (JSONL or CSV) to train on; `category` may be left out"
+    )
     held_out: Path | None = Field(
-        None, description="held-out rows; when absent, `held_out_fraction` of `train` is split off by seed"
+        None,
+        description="held-out rows; when absent, `held_out_fraction` of `train` is split off by seed "
+        "(whole `group`s, when the rows name one)",
     )
     held_out_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share held out when splitting")
-    preferences: Path | None = Field(None, description="preference pairs (prompt, chosen, rejected), JSONL")
+    held_out_independent: Path | None = Field(
+        None,
+        description="held-out requests written independently of the training data, with `expected` fields",
+    )
+    preferences: Path | None = Field(
+        None, description="DPO's preference pairs (prompt, chosen, rejected), JSONL"
+    )
+    preferences_reward: Path | None = Field(
+        None, description="the reward model's pairs, disjoint from DPO's and the held-out ones (JSONL)"
+    )
     preferences_held_out: Path | None = Field(None, description="held-out preference pairs, JSONL")
+    off_domain: Path | None = Field(None, description="off-topic requests the department should not answer")
+    forgetting: Path | None = Field(
+        None,
+        description="general prompts with checkable answers (none: the one in adapters/datasets/general)",
+    )
+    skip_bad_rows: bool = Field(
+        False, description="leave out malformed rows (and report how many) instead of stopping at the first"
+    )
     format_check: str | None = Field(
-        None, description="name of the department's format check in adapters.data.FORMAT_CHECKS"
+        None, description=f"a named format check, one of: {', '.join(sorted(FORMAT_CHECKS))}"
     )
     format_regex: str | None = Field(
         None, description="or the format as a regular expression the whole answer must match"
+    )
+
+    @field_validator("format_check")
+    @classmethod
+    def _known_check(cls, name: str | None) -> str | None:
+        if name is not None and name not in FORMAT_CHECKS:
+            raise ValueError(f"unknown format check {name!r} (known: {', '.join(sorted(FORMAT_CHECKS))})")
+        return name
+
+    def files(self) -> dict[str, Path]:
+        """Every data file the section names, by field name."""
+        return {name: value for name, value in self if isinstance(value, Path)}
+
+
+class ReplaySpec(_Strict):
+    file: Path = Field(description="general instruction rows (dolly schema) mixed into the SFT rows")
+    fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share of the SFT rows that are replay rows (drawn by seed)"
     )
 
 
@@ -92,7 +133,9 @@ class RlSpec(TrainSpec):
     num_generations: int = Field(4, ge=2, description="completions sampled per prompt")
     max_completion_length: int = Field(96, ge=8, description="longest sampled completion")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    beta: float = Field(0.0, ge=0, description="KL weight against the L2 adapter (0: none)")
+    beta: float = Field(
+        0.0, ge=0, description="KL weight against the L2 adapter (unset: adapters.rl.DEFAULT_KL; 0: none)"
+    )
     max_steps: int = Field(16, description="optimizer steps (-1: use epochs)")
     prompts: int = Field(64, ge=1, description="training prompts to draw from the train split")
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
@@ -152,6 +195,9 @@ class Recipe(_Strict):
     runs_dir: Path = Field(Path("runs"), description="run folders go to RUNS_DIR/<department>/<step>")
     threads: int | None = Field(None, description="torch CPU threads (None: torch's default)")
     data: DataSpec
+    replay: ReplaySpec | None = Field(
+        None, description="general rows mixed into SFT against forgetting (none: no replay)"
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     sft: SftSpec = Field(default_factory=SftSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)
@@ -203,13 +249,23 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         raise RecipeError(f"{path}: " + "; ".join(lines)) from None
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section's model for `Model` and `Model | None` annotations, else None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def field_help(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
     """`key (default): help` lines for every field, nested sections included."""
     lines = []
     for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            lines += field_help(annotation, f"{prefix}{name}.")
+        section = _section_model(field.annotation)
+        if section is not None:
+            if not field.is_required() and field.get_default() is None:
+                lines.append(f"{prefix}{name} (None): {field.description or ''}")
+            lines += field_help(section, f"{prefix}{name}.")
             continue
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         lines.append(f"{prefix}{name} ({default}): {field.description or ''}")

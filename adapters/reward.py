@@ -6,6 +6,10 @@ A LoRA adapter (with a fresh one-output score head) on the base model as a seque
 classifier, trained by TRL's RewardTrainer on the preference pairs (prompt, chosen, rejected)
 with the Bradley-Terry loss. It is never served, so its score head (`modules_to_save`) is fine.
 Its accuracy on the held-out pairs (reward(chosen) > reward(rejected)) goes to metrics.json.
+
+It trains on `data.preferences_reward`: pairs that neither DPO nor the evaluation sees, so that
+as a judge of L3 it does not grade DPO's own pairs. A recipe without that file falls back to
+DPO's pairs, and metrics.json says so (`independent_of_dpo: false`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .judges import RewardJudge
 from .modeling import load_tokenizer, lora_config, setup_torch, train_and_save, training_args
 from .recipe import Recipe
 from .runs import Run
-from .splits import preference_splits
+from .splits import reward_splits
 
 log = logging.getLogger("adapters")
 
@@ -55,7 +59,7 @@ def run_reward(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         return cached
     run.start(force)
     setup_torch(recipe)
-    train, held_out = preference_splits(recipe)
+    train, held_out = reward_splits(recipe)
     tokenizer = load_tokenizer(recipe.base_model)
     model = AutoModelForSequenceClassification.from_pretrained(
         recipe.base_model, num_labels=1, dtype=torch.float32
@@ -72,5 +76,7 @@ def run_reward(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
     figures = train_and_save(trainer, run, servable=False)
     figures.update(held_out_accuracy(RewardJudge(trainer.model, tokenizer), held_out))
     figures["train_pairs"] = len(train)
+    figures["independent_of_dpo"] = recipe.data.preferences_reward is not None
+    figures["pairs_file"] = str(recipe.data.preferences_reward or recipe.data.preferences)
     log.info("reward: held-out accuracy %.3f", figures["held_out_accuracy"])
     return run.finish(figures)

@@ -5,22 +5,60 @@
 TRL's RLOOTrainer / GRPOTrainer sample `rl.num_generations` answers per training prompt from the
 policy (the L2 adapter, trained further), score each with the reward: the department's reward
 model (`loragate train reward` first) when `judge.kind` is `reward`, the format check when it is
-`rule`. With `rl.beta > 0` a KL term ties the policy to a frozen copy of the L2 adapter.
+`rule`. A KL term ties the policy to a frozen copy of the L2 adapter (TRL's "ref" adapter).
+
+The KL weight defaults to DEFAULT_KL = 0.05 (TRL's RLOO default) when the recipe leaves
+`rl.beta` unset: a reward model trained on a few hundred pairs is easy to hack (long answers,
+repeated steps), and the KL term prices every token the policy moves away from L2. An explicit
+`rl.beta=0` still turns it off. `reward_kl.png` in the run folder plots the mean reward and the
+KL against L2 over the steps: reward that climbs while KL runs away is the sign of hacking.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .judges import RewardJudge, RuleJudge, judge_inputs, make_judge
 from .modeling import load_tokenizer, load_trainable_adapter, setup_torch, train_and_save, training_args
-from .recipe import Recipe
+from .recipe import Recipe, RlSpec
 from .rlaif import sample_prompts
 from .runs import Run, StepError, finished_adapter, input_digests
 
 log = logging.getLogger("adapters")
+DEFAULT_KL = 0.05
+
+
+def kl_weight(spec: RlSpec) -> float:
+    """`rl.beta` when the recipe sets it (0 included), else DEFAULT_KL."""
+    return spec.beta if "beta" in spec.model_fields_set else DEFAULT_KL
+
+
+def plot_reward_kl(history: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Mean reward and KL against L2 per logged step, one PNG; False when nothing was logged."""
+    steps = [e for e in history if "reward" in e]
+    if not steps:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [e.get("step", i + 1) for i, e in enumerate(steps)]
+    fig, left = plt.subplots(figsize=(6, 3.6))
+    left.plot(x, [e["reward"] for e in steps], marker="o", color="tab:green", label="mean reward")
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("mean reward", color="tab:green")
+    right = left.twinx()
+    right.plot(x, [e.get("kl", 0.0) for e in steps], marker="s", color="tab:red", label="KL to L2")
+    right.set_ylabel("KL to L2 (per token)", color="tab:red")
+    left.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def _text(item: Any) -> str:
@@ -48,7 +86,8 @@ def run_rl(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         raise StepError(
             f"rl needs a judge that scores single answers (reward or rule), not {recipe.judge.kind!r}"
         )
-    run = Run(recipe, "rl", input_digests(recipe, "sft", *judge_inputs(recipe)))
+    beta = kl_weight(recipe.rl)
+    run = Run(recipe, "rl", input_digests(recipe, "sft", *judge_inputs(recipe)) | {"kl_weight": beta})
     if (cached := run.cached(force)) is not None:
         return cached
     run.start(force)
@@ -64,7 +103,7 @@ def run_rl(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         "num_generations": spec.num_generations,
         "max_completion_length": spec.max_completion_length,
         "temperature": spec.temperature,
-        "beta": spec.beta,
+        "beta": beta,
         "logging_steps": 1,
     }
     if spec.algorithm == "rloo":
@@ -81,13 +120,21 @@ def run_rl(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
         processing_class=tokenizer,
     )
     figures = train_and_save(trainer, run)
-    rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
+    history = trainer.state.log_history
+    rewards = [e["reward"] for e in history if "reward" in e]
+    kls = [e["kl"] for e in history if "kl" in e]
+    title = f"{recipe.department}: RL ({spec.algorithm}, KL weight {beta})"
     figures.update(
         {
             "algorithm": spec.algorithm,
             "reward": judge.name,
+            "kl_weight": beta,
             "first_reward": rewards[0] if rewards else None,
             "last_reward": rewards[-1] if rewards else None,
+            "last_kl": kls[-1] if kls else None,
+            "plot": str(run.dir / "reward_kl.png")
+            if plot_reward_kl(history, run.dir / "reward_kl.png", title)
+            else None,
         }
     )
     log.info("rl: adapter in %s", run.adapter)

@@ -11,11 +11,15 @@ A rerun with the same config finds `metrics.json` and does nothing; with another
 afresh (stale checkpoints would not match). `force=True` always starts afresh. "The same config"
 means the recipe sections the step reads (`STEP_SECTIONS`, plus department, base model, seed and
 data) and the sha256 of its input adapters: tuning `rlaif` does not retrain `sft`, while a new
-L2 adapter does make every L3 step and the evaluation run again.
+L2 adapter does make every L3 step and the evaluation run again. It also holds the sha256 of the
+data files the step reads (`DATA_FILES`; the replay file for `sft`): editing `train.jsonl` in
+place retrains the adapter and evaluates it again, while editing the held-out file only
+re-evaluates.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -35,7 +39,7 @@ class StepError(RuntimeError):
 
 COMMON_SECTIONS = ("department", "base_model", "seed", "data")
 STEP_SECTIONS = {
-    "sft": ("lora", "sft"),
+    "sft": ("lora", "sft", "replay"),
     "reward": ("lora", "reward"),
     "dpo": ("dpo",),
     "rlaif": ("rlaif", "judge"),
@@ -44,13 +48,46 @@ STEP_SECTIONS = {
 }
 
 
+# The recipe's `data` files each step reads (steps not listed read them all, e.g. `eval`).
+DATA_FILES = {
+    "sft": ("train",),
+    "reward": ("preferences", "preferences_reward", "preferences_held_out"),
+    "dpo": ("preferences",),
+    "rlaif": ("train",),
+    "rl": ("train",),
+}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_digests(recipe: Recipe, step: str) -> dict[str, str]:
+    """sha256 of each data file `step` reads, by recipe field (a missing file: "missing")."""
+    files = recipe.data.files()
+    names = DATA_FILES.get(step, tuple(files))
+    chosen = {name: files[name] for name in names if name in files}
+    if step == "sft" and recipe.replay is not None:
+        chosen["replay"] = recipe.replay.file
+    return {name: file_sha256(path) if path.is_file() else "missing" for name, path in sorted(chosen.items())}
+
+
 class Run:
     def __init__(self, recipe: Recipe, step: str, inputs: dict[str, Any] | None = None):
         """`inputs`: what else the result depends on (the sha256 of the adapters it starts from)."""
         self.recipe = recipe
         self.step = step
         self.dir = recipe.run_dir(step)
-        self.config = {"step": step, "options": inputs or {}, "recipe": recipe.as_dict()}
+        self.config = {
+            "step": step,
+            "options": inputs or {},
+            "data_sha256": data_digests(recipe, step),
+            "recipe": recipe.as_dict(),
+        }
         self._handler: logging.Handler | None = None
 
     def _key(self, config: dict[str, Any] | None) -> Any:
@@ -59,7 +96,8 @@ class Run:
             return None
         sections = (*COMMON_SECTIONS, *STEP_SECTIONS.get(self.step, ()))
         recipe = config.get("recipe", {})
-        return config.get("options"), _unset_dropped({name: recipe.get(name) for name in sections})
+        sections_used = _unset_dropped({name: recipe.get(name) for name in sections})
+        return config.get("options"), config.get("data_sha256"), sections_used
 
     adapter = property(lambda self: self.dir / "adapter")
     checkpoints = property(lambda self: self.dir / "checkpoints")

@@ -29,7 +29,7 @@ from .modeling import (
 )
 from .recipe import Recipe
 from .runs import Run
-from .splits import instruction_splits
+from .splits import sft_rows
 
 log = logging.getLogger("adapters")
 
@@ -69,7 +69,7 @@ class CompletionOnlySFTTrainer(SFTTrainer):
 def build_trainer(recipe: Recipe, run: Run) -> CompletionOnlySFTTrainer:
     from datasets import Dataset
 
-    train_rows, _ = instruction_splits(recipe)
+    train_rows = sft_rows(recipe)  # the train split, with the recipe's replay rows mixed in
     tokenizer = load_tokenizer(recipe.base_model)
     model = load_causal_lm(recipe.base_model, tokenizer)
     spec = recipe.sft

@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 
 from adapters.data import (
+    DEFAULT_CATEGORY,
     DataError,
     InstructionRow,
     PreferencePair,
     load_instructions,
     load_preferences,
+    read_instructions,
+    read_requests,
     split,
     to_messages,
 )
@@ -94,7 +97,7 @@ MALFORMED_CSV = [
     ('"Q","","",open_qa', 3, "field 'response' is empty"),
     ('"Q","","A",opinion', 3, "unknown category 'opinion'"),
     ('"Q","","A",open_qa,surplus', 3, "more than the header's 4"),
-    ('"Q","","A"', 3, "missing field 'category'"),
+    ('"","","A",open_qa', 3, "field 'instruction' is empty"),
     # The row before spans lines 3-4, so the bad row is on line 5 of the file.
     ('"Q","a\nb","A",open_qa\n"Q","","A",nonsense', 5, "unknown category 'nonsense'"),
     ('"Q","a\nb",""', 3, "field 'response' is empty"),
@@ -115,6 +118,62 @@ def test_csv_without_required_column_fails_on_header(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "dept.csv", ["instruction,context,answer,category", "Q,,A,open_qa"])
     with pytest.raises(DataError, match=r"dept\.csv:1: CSV header lacks column\(s\) response"):
         load_instructions(path)
+
+
+def test_category_is_optional_and_defaults(tmp_path: Path) -> None:
+    csv_path = write_lines(tmp_path / "rows.csv", ["instruction,response", "Say hi,Hi.", '"Sum up","Short."'])
+    assert [row.category for row in load_instructions(csv_path)] == [DEFAULT_CATEGORY] * 2
+    jsonl = write_lines(
+        tmp_path / "rows.jsonl",
+        [json.dumps({"instruction": "Q", "response": "A"}), json.dumps({**GOOD, "category": ""})],
+    )
+    assert [row.category for row in load_instructions(jsonl)] == [DEFAULT_CATEGORY] * 2
+
+
+def test_skip_bad_rows_keeps_the_good_ones_and_returns_the_bad_with_their_lines(tmp_path: Path) -> None:
+    lines = [json.dumps(GOOD), "{oops", json.dumps({**GOOD, "response": ""}), json.dumps(GOOD), "[1]"]
+    path = write_lines(tmp_path / "dept.jsonl", lines)
+    with pytest.raises(DataError, match=r"dept\.jsonl:2: invalid JSON"):
+        load_instructions(path)
+    rows, skipped = read_instructions(path, skip_bad_rows=True)
+    assert len(rows) == 2 and load_instructions(path, skip_bad_rows=True) == rows
+    assert [(e.line, e.problem.split(":")[0]) for e in skipped] == [
+        (2, "invalid JSON"),
+        (3, "field 'response' is empty"),
+        (5, "expected a JSON object, got list"),
+    ]
+    csv_path = write_lines(
+        tmp_path / "dept.csv", [CSV_HEADER, '"Q","","A",open_qa', '"Q","","A",x,y,z', '"Q","",""']
+    )
+    rows, skipped = read_instructions(csv_path, skip_bad_rows=True)
+    assert len(rows) == 1 and [e.line for e in skipped] == [3, 4]
+    only_bad = write_lines(tmp_path / "bad.jsonl", ["{", "[]"])
+    with pytest.raises(DataError, match=r"no rows \(2 bad rows skipped\)"):
+        read_instructions(only_bad, skip_bad_rows=True)
+
+
+def test_group_and_expected_are_read_and_written_back(tmp_path: Path) -> None:
+    record = {**GOOD, "group": "vpn/1", "expected": {"category": "vpn", "priority": "low"}}
+    path = write_lines(tmp_path / "rows.jsonl", [json.dumps(record)])
+    [row] = load_instructions(path)
+    assert row.group == "vpn/1" and row.expected == {"category": "vpn", "priority": "low"}
+    assert row.to_json() == record
+    bad = write_lines(tmp_path / "bad.jsonl", [json.dumps({**GOOD, "expected": ["vpn"]})])
+    with pytest.raises(DataError, match="field 'expected' must be an object, got list"):
+        load_instructions(bad)
+
+
+def test_requests_need_no_response(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"instruction": "Fix my VPN", "expected": {"category": "vpn-connection"}}),
+        json.dumps({"instruction": "Review", "context": "Clause.", "response": "R", "category": "closed_qa"}),
+    ]
+    rows, skipped = read_requests(write_lines(tmp_path / "req.jsonl", lines))
+    assert skipped == [] and [(r.instruction, r.response) for r in rows] == [
+        ("Fix my VPN", ""),
+        ("Review", "R"),
+    ]
+    assert rows[0].expected == {"category": "vpn-connection"}
 
 
 @pytest.mark.parametrize(
@@ -159,6 +218,18 @@ def test_split_hardly_moves_rows_when_rows_are_added() -> None:
     _, held_small = split(rows, 0.15, seed=3)
     _, held_big = split([*rows, *_rows(220)[200:]], 0.15, seed=3)
     assert len(set(held_small) - set(held_big)) <= 3
+
+
+def test_split_keeps_groups_whole() -> None:
+    rows = [InstructionRow(f"Q{i}", "", f"A{i}", "open_qa", group=f"g{i % 10}") for i in range(100)]
+    for seed in range(5):
+        train, held_out = split(rows, 0.15, seed)
+        assert {r.group for r in train}.isdisjoint(r.group for r in held_out)
+        assert len(held_out) == 20  # whole groups of 10 until at least 15 rows
+    # repeated prompts without a group also stay on one side
+    repeated = _rows(50) + _rows(50)
+    train, held_out = split(repeated, 0.2, seed=1)
+    assert {r.instruction for r in train}.isdisjoint(r.instruction for r in held_out)
 
 
 def test_split_rejects_bad_fraction() -> None:

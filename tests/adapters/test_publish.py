@@ -60,7 +60,7 @@ def test_l3_publish_is_a_new_version(evaluated: Recipe) -> None:
 def test_a_failed_gate_refuses(evaluated: Recipe) -> None:
     with pytest.raises(PublishRefused, match="loss reduction .* below the gate's 0.99"):
         publish(with_gate(evaluated, "L2", min_loss_reduction=0.99), "L2")
-    with pytest.raises(PublishRefused, match="win rate over L2 .* below the gate's 1.01|format compliance"):
+    with pytest.raises(PublishRefused, match="lower bound .* below the gate's 1.01|format compliance"):
         publish(with_gate(evaluated, "L3", min_format=1.0, min_win_rate=1.0), "L3")
 
 

@@ -21,7 +21,9 @@ TICKET = "TICKET: vpn\nPRIORITY: low\nSTEPS:\n1. Restart the VPN client.\nESCALA
 
 
 def test_demo_recipes_load_and_overrides_apply() -> None:
-    for path in sorted((ROOT / "adapters" / "recipes").glob("*.yaml")):
+    for path in sorted(p for p in (ROOT / "adapters" / "recipes").glob("*.yaml") if p.stem != "TEMPLATE"):
+        if path.stem == "TEMPLATE":  # the blank recipe of adapters/README.md, for a new department
+            continue
         recipe = load_recipe(path)
         assert recipe.department == path.stem == recipe.publish.name
         assert recipe.data.train.is_file() and recipe.data.format_check == path.stem

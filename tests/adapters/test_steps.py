@@ -18,10 +18,11 @@ from adapters.dpo import run_dpo
 from adapters.evaluate import run_eval
 from adapters.recipe import Recipe
 from adapters.reward import run_reward
-from adapters.rl import run_rl
+from adapters.rl import DEFAULT_KL, kl_weight, run_rl
 from adapters.rlaif import run_rlaif
 from adapters.runs import Run, input_digests
 from adapters.sft import run_sft
+from adapters.splits import sft_rows
 from service.registry import AdapterRejected, check_servable
 
 from .conftest import tiny_recipe
@@ -47,7 +48,7 @@ def assert_moved(before: Path, after: Path) -> None:
 def test_sft_trains_a_servable_lora(recipe: Recipe) -> None:
     figures = run_sft(recipe)
     adapter = recipe.run_dir("sft") / "adapter"
-    assert figures["global_step"] == 4 and figures["train_rows"] == 255
+    assert figures["global_step"] == 4 and figures["train_rows"] == len(sft_rows(recipe))
     assert_trained_from_zero(adapter)
     config = check_servable(adapter)
     assert config["r"] == 16 and not config.get("modules_to_save")
@@ -133,20 +134,50 @@ def test_rl_trains_against_the_reward_model(recipe: Recipe, algorithm: str) -> N
     figures = run_rl(variant, force=True)
     assert figures["algorithm"] == algorithm and figures["reward"] == "reward"
     assert figures["last_reward"] is not None
+    assert figures["kl_weight"] == DEFAULT_KL > 0 and figures["last_kl"] is not None  # KL on by default
+    assert (recipe.run_dir("rl") / "reward_kl.png").read_bytes().startswith(b"\x89PNG")
     assert_moved(recipe.run_dir("sft") / "adapter", recipe.run_dir("rl") / "adapter")
     check_servable(recipe.run_dir("rl") / "adapter")
 
 
-def test_eval_reports_base_l2_and_l3(recipe: Recipe) -> None:
+def test_an_explicit_zero_kl_weight_is_kept(recipe: Recipe) -> None:
+    assert kl_weight(recipe.rl) == DEFAULT_KL
+    assert kl_weight(type(recipe.rl)(beta=0.0)) == 0.0 and kl_weight(type(recipe.rl)(beta=0.2)) == 0.2
+
+
+def test_eval_reports_the_table_forgetting_and_judges(recipe: Recipe, tmp_path: Path) -> None:
+    probes = [{"id": "sky", "instruction": "What colour is the sky?", "kind": "fact", "accept": ["blue"],
+               "match": "contains"}, {"id": "nonsense", "instruction": "Who is the king of the Moon?",
+               "kind": "refusal", "match": "refusal"}]  # fmt: skip
+    (tmp_path / "forgetting.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
+    (tmp_path / "off.jsonl").write_text(json.dumps({"instruction": "Write a haiku about spring."}) + "\n")
+    files = {"off_domain": tmp_path / "off.jsonl", "forgetting": tmp_path / "forgetting.jsonl"}
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update=files)})
     for step in (run_sft, run_reward, run_dpo, run_rlaif):
         step(recipe)
     report = run_eval(recipe)
-    assert {"base", "sft", "dpo", "rlaif"} <= report["variants"].keys()
+    assert list(report["variants"])[:4] == ["base", "l1", "sft", "l1+sft"]  # the table's order
+    assert {"dpo", "rlaif"} <= report["variants"].keys() and report["template"].endswith("it-helpdesk.yaml")
     sft = report["variants"]["sft"]
     assert sft["response_loss"] > 0 and sft["perplexity"] > 1 and 0 <= sft["format_compliance"] <= 1
-    assert "closed_qa" not in sft["per_category"] or "rouge_l" in sft["per_category"]["closed_qa"]
-    assert report["win_rates"]["rlaif_vs_sft"]["reward"]["n"] == 6
-    assert report["win_rates"]["sft_vs_base"]["rule"]["n"] == 6
+    held = sft["sets"]["held_out"]
+    assert held["n"] == 6 and {"category", "priority", "escalate", "steps", "all"} <= held["fields"].keys()
+    assert 0 <= held["format"]["low"] <= held["format"]["rate"] <= held["format"]["high"] <= 1
+    assert "response_loss" not in report["variants"]["l1"]  # teacher-forced loss only as trained
+    n = sum(report["sets"].values())
+    assert report["win_rates"]["rlaif_vs_sft"]["reward"]["n"] == n
+    assert report["win_rates"]["sft_vs_base"]["rule"]["n"] == n
+    assert {"llm", "reward", "rule"} <= report["win_rates"]["dpo_vs_sft"].keys()
+    assert report["judge_agreement"]["dpo_vs_sft"][0]["n"] == n
+    forgetting = report["forgetting"]
+    assert forgetting["base"]["overall"]["n"] == 2 and "gate" in forgetting["sft"]
+    untemplated = {name for name, v in report["variants"].items() if not v["l1_template"]}
+    assert set(forgetting) == untemplated >= {"base", "sft", "dpo", "rlaif"}  # no template on general prompts
+    assert report["off_domain"]["sft"]["in_department_format"]["n"] == 1
     folder = recipe.run_dir("eval")
-    assert {"report.json", "report.md", "report.png", "answers.jsonl"} <= {p.name for p in folder.iterdir()}
-    assert "| sft |" in (folder / "report.md").read_text()
+    names = {p.name for p in folder.iterdir()}
+    assert {"report.json", "report.md", "report.png", "answers.jsonl", "verdicts.jsonl"} <= names
+    text = (folder / "report.md").read_text()
+    assert "| L1+L2 (served) |" in text and "## Forgetting" in text and "Cohen's kappa" in text
+    llm = [json.loads(line) for line in (folder / "verdicts.jsonl").read_text().splitlines()]
+    assert any("p_a_second" in v["detail"] for v in llm if v["judge"] == "llm")  # both orders asked
