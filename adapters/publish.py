@@ -28,6 +28,7 @@ import yaml
 
 from service.config import Settings
 from service.registry import CONFIG, WEIGHTS, Adapter, Registry, check_servable, open_store, sha256_of
+from service.registry_store import RegistryStore
 
 from .recipe import GateSpec, Recipe
 from .runs import StepError, finished_adapter
@@ -75,12 +76,21 @@ def registry_location(location: Path | str) -> str:
 
 
 def registry_for(recipe: Recipe, model_name: str = SERVED_MODEL_NAME) -> Registry:
+    """The recipe's registry; with ``LORAGATE_STATE_URL`` set, its aliases in that database, as the
+    gateways read them (service/shared_state/aliases.py)."""
     base = recipe.base_model
     location = registry_location(recipe.publish.registry)
-    if not location.startswith("s3://"):
-        return Registry(Path(location), model_name, base_aliases=(str(base), base.name))
-    settings = Settings()  # the S3 endpoint and sync cache, as the gateway on this host has them
-    store = open_store(location, cache_dir=settings.registry_cache_dir, endpoint_url=settings.s3_endpoint_url)
+    settings = Settings()  # the S3 endpoint, sync cache and state database, as this host's gateway has them
+    store: RegistryStore = open_store(
+        location if location.startswith("s3://") else Path(location),
+        cache_dir=settings.registry_cache_dir,
+        endpoint_url=settings.s3_endpoint_url,
+    )
+    if settings.state_url:
+        from service.shared_state.aliases import SharedAliases
+        from service.shared_state.database import StateDatabase
+
+        store = SharedAliases(store, StateDatabase(settings.state_url))
     return Registry(store, model_name, base_aliases=(str(base), base.name))
 
 

@@ -179,11 +179,16 @@ class Registry:
         The model's folder (and its last part) count as the base model's names, so adapters trained
         on the packaged model's path are accepted by ``publish``.
         """
-        store = open_store(
+        store: RegistryStore = open_store(
             settings.registry_url or settings.registry_dir,
             cache_dir=settings.registry_cache_dir,
             endpoint_url=settings.s3_endpoint_url,
         )
+        if settings.state_url:  # the aliases in the shared database, with the keys and the tenants
+            from .shared_state.aliases import SharedAliases
+            from .shared_state.database import StateDatabase
+
+            store = SharedAliases(store, StateDatabase(settings.state_url))
         path = settings.resolved_model_path
         return cls(store, settings.model_name, base_aliases=(str(path), path.name))
 

@@ -1,4 +1,5 @@
-"""The shared state's tables in PostgreSQL: API keys (hashes only) and versions of the tenants document.
+"""The shared state's tables in PostgreSQL: API keys (hashes only), versions of the tenants document,
+and the adapter registry's aliases.
 
 psycopg 3, in the ledger's style (``service/ledger/postgres.py``): plain SQL, one connection per
 use, the schema created under an advisory lock so that gateways starting together create it once.
@@ -17,12 +18,15 @@ Tenants are one YAML document, stored whole as numbered versions (``tenant_docum
 document is validated as a whole (a default department must be one of the tenant's, an alias may
 not be the base model's name...), so storing it whole keeps one parser and one validation, makes a
 replacement atomic, and keeps every earlier version for the record and for going back.
+
+The registry's aliases (alias -> current version and history) are one JSON document too, one row
+(``adapter_aliases``), changed under the same write lock: concurrent promotes all land.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +36,7 @@ from ..keys import KeyRecord
 from ..ledger import redacted
 from ..ledger.postgres import CONNECTION_DEFAULTS
 from ..limits.policy import Limits
+from ..registry_store import AliasChange, Aliases
 
 if TYPE_CHECKING:
     import psycopg
@@ -56,6 +61,11 @@ CREATE TABLE IF NOT EXISTS tenant_documents (
     yaml TEXT NOT NULL,
     created TIMESTAMPTZ NOT NULL DEFAULT now(),
     actor TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS adapter_aliases (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    document JSONB NOT NULL,
+    change BIGINT NOT NULL
 )
 """
 SCHEMA_LOCK = 0x6C677374  # "lgst": held while the schema is created
@@ -217,6 +227,28 @@ class StateDatabase:
                 (newer_than,),
             ).fetchone()
         return None if row is None else TenantsDocument(int(row[0]), str(row[1]), str(row[2]))
+
+    # -- the adapter aliases (service/shared_state/aliases.py) -----------------------------------
+    def aliases(self) -> Aliases | None:
+        """The registry's aliases as the database holds them; None before the first promote."""
+        with self._cursor() as cur:
+            row = cur.execute("SELECT document FROM adapter_aliases WHERE id = 1").fetchone()
+        return None if row is None else dict(row[0])
+
+    def update_aliases(self, change: AliasChange, seed: Callable[[], Aliases]) -> Aliases:
+        """Applies ``change`` under the write lock (so concurrent promotes all land); the first update
+        starts from ``seed()``, the aliases the registry's own store held until then."""
+        from psycopg.types.json import Jsonb
+
+        with self._write() as cur:
+            row = cur.execute("SELECT document FROM adapter_aliases WHERE id = 1").fetchone()
+            aliases = change(dict(row[0]) if row is not None else seed())
+            cur.execute(
+                "INSERT INTO adapter_aliases (id, document, change) VALUES (1, %s, nextval('state_changes'))"
+                " ON CONFLICT (id) DO UPDATE SET document = EXCLUDED.document, change = EXCLUDED.change",
+                (Jsonb(aliases),),
+            )
+        return aliases
 
     def close(self) -> None:
         with self._lock:
