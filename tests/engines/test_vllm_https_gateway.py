@@ -139,6 +139,9 @@ def test_chat_over_https_with_the_key_and_the_replica_in_the_ledger(
             model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2, stream=True
         )
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "HiHi"
+        deadline = time.monotonic() + 10  # vLLM's /metrics is read in the background, after a check
+        while not any(path == "/metrics" for path, _ in keyed.seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert answer.choices[0].message.content == "HiHiHi"
     here = {u["replica"]: u for u in ready["upstreams"]}
     assert here[f"127.0.0.1:{port}"] == {
