@@ -42,17 +42,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
 from .errors import HeadersTooLargeError, LoragateError, RequestTimeoutError
-from .uvicorn_canary import uvicorn_internals_missing
 
-try:  # private: if uvicorn moves it, this module still imports and server_options falls back
-    from uvicorn.protocols.http import httptools_impl
-except ImportError:
-    httptools_impl = None  # type: ignore[assignment]  # mypy types an imported module as never None
-
-if TYPE_CHECKING:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-else:
-    HttpToolsProtocol = getattr(httptools_impl, "HttpToolsProtocol", asyncio.Protocol)
+# uvicorn's private protocol, imported once (there: if uvicorn moves it, server_options falls back)
+from .uvicorn_canary import HttpToolsProtocol, httptools_impl, uvicorn_internals_missing
 
 log = logging.getLogger(__name__)
 

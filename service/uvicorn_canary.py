@@ -21,12 +21,12 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 try:  # private: if uvicorn moves it, this module still imports and the canary says so
-    from uvicorn.protocols.http import httptools_impl
+    from uvicorn.protocols.http import httptools_impl as httptools_impl  # re-exported: http_server.py
 except ImportError:
     httptools_impl = None  # type: ignore[assignment]  # mypy types an imported module as never None
 
 if TYPE_CHECKING:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as HttpToolsProtocol
 else:
     HttpToolsProtocol = getattr(httptools_impl, "HttpToolsProtocol", asyncio.Protocol)
 
