@@ -26,7 +26,7 @@ from typing import Any
 from service.registry import WEIGHTS, sha256_of
 
 from .eval_sets import EvalRow, forgetting_probes, held_out_rows, independent_rows, off_domain_prompts
-from .fields import field_names, score_fields
+from .fields import constant_answer, field_names, score_fields
 from .forgetting import gate, off_domain_summary, suite_score
 from .generation import response_loss
 from .independent_judges import DEFAULT_JUDGES, JudgeChoice, agreement, build_judge
@@ -35,7 +35,8 @@ from .modeling import load_causal_lm, load_tokenizer, setup_torch
 from .recipe import Recipe
 from .report import write_report
 from .runs import Run, finished_adapter, input_digests
-from .served import ServedPrompts, default_template, generate_texts
+from .served import ServedPrompts, generate_texts, recipe_template
+from .splits import instruction_splits
 from .stats import rate
 
 log = logging.getLogger("adapters")
@@ -44,12 +45,20 @@ FORGETTING_TOKENS = 48  # the suite's answers are a word or a sentence
 
 
 def trained_adapters(recipe: Recipe) -> dict[str, Path]:
-    """sft (required) and whichever L3 runs have finished."""
+    """sft (required) and the L3 runs finished from this very sft adapter (`rl` only when the recipe
+    publishes it: `make adapters` runs it after the chain, for its reward-vs-KL plot)."""
     found = {"sft": finished_adapter(recipe, "sft")}
+    sft = sha256_of(found["sft"] / WEIGHTS)
     for step in L3_STEPS:
+        if step == "rl" and recipe.publish.l3 != "rl":  # a short run for its reward-vs-KL plot
+            continue
         folder = recipe.run_dir(step)
-        if (folder / "metrics.json").is_file() and (folder / "adapter").is_dir():
-            found[step] = folder / "adapter"
+        if not ((folder / "metrics.json").is_file() and (folder / "adapter").is_dir()):
+            continue
+        if Run(recipe, step).trained_on() != sft:  # trained from an older L2: not this chain's L3
+            log.warning("eval: leaving out %s, trained from another L2 adapter", folder)
+            continue
+        found[step] = folder / "adapter"
     return found
 
 
@@ -94,7 +103,7 @@ class Answerer:
             else:
                 model.load_adapter(path, adapter_name=name)
         self.model = model
-        self.template = default_template(recipe.department)
+        self.template = recipe_template(recipe)
         self.served = ServedPrompts(self.tokenizer, self.template, recipe.department)
 
     @contextlib.contextmanager
@@ -132,7 +141,7 @@ def run_eval(
     inputs: dict[str, Any] = {name: sha256_of(path / WEIGHTS) for name, path in adapters.items()}
     if (recipe.run_dir("reward") / "metrics.json").is_file():  # the reward-model judge
         inputs |= input_digests(recipe, "reward")
-    template = default_template(recipe.department)
+    template = recipe_template(recipe)
     if template is not None:
         inputs["l1_template"] = sha256_of(template)
     if judges:
@@ -167,6 +176,11 @@ def run_eval(
         if "format" in first:  # the publish gate's figure: format on the unseen held-out set
             results[name]["format_compliance"] = first["format"]["rate"]
         log.info("eval: %s %s", name, json.dumps(results[name]["sets"]))
+    train_expected = [row.expected for row in instruction_splits(recipe)[0]]
+    constant = {
+        name: constant_answer(check_name, train_expected, [r.expected for r in rows])
+        for name, rows in sets.items()
+    }
     general = general_suites(recipe, answerer, [n for n, v in table.items() if not v[1]], check)
     wins, verdict_log, agreements, gate_judge = judge_all(recipe, answerer, sets, answers, adapters, judges)
     write_answers(run.dir, sets, answers, verdict_log)
@@ -177,6 +191,7 @@ def run_eval(
         "template": str(answerer.template) if answerer.template else None,
         "judge": gate_judge,  # the L3 gate reads this judge's win rate (its lower bound)
         "variants": results,
+        "constant_answer": constant,  # fields only: always the value most common in training
         "win_rates": wins,
         "judge_agreement": agreements,
         "adapters": {name: str(path) for name, path in adapters.items()},
@@ -216,12 +231,13 @@ def judge_all(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], str]:
     """Win rates (ties half, Wilson interval) of sft over base and each L3 over sft, by every judge."""
     prompts = [r.prompt for rows in sets.values() for r in rows]
+    expected = [r.expected for rows in sets.values() for r in rows]
     # `eval.judges` in the recipe (a list of JudgeChoice mappings), if the recipe has that field
     pick = choices or getattr(recipe.eval, "judges", None) or list(DEFAULT_JUDGES)
     judges = {}
     for choice in pick:
         choice = JudgeChoice.model_validate(choice)
-        judge = build_judge(choice, recipe, answerer.tokenizer, answerer.base)
+        judge = build_judge(choice, recipe, answerer.tokenizer, answerer.base, expected)
         if judge is not None:
             judges[judge.name] = judge
     pairs = [("sft", "base"), *((step, "sft") for step in adapters if step != "sft")]

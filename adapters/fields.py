@@ -17,8 +17,11 @@ before it carried them) take them from the parsed reference answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from .stats import rate
 
 Parsed = dict[str, Any]
 
@@ -164,4 +167,23 @@ def score_fields(check: str | None, answer: str, expected: Mapping[str, Any] | N
     out = scorer(parser(answer), expected)
     if out:
         out["all"] = all(out.values())
+    return out
+
+
+def constant_answer(
+    check: str | None, train: Sequence[Mapping[str, Any] | None], rows: Sequence[Mapping[str, Any] | None]
+) -> dict[str, dict[str, Any]]:
+    """The cheapest field baseline: always answer the value most common in training, per field.
+
+    An adapter that picks one level for every clause scores this much without reading anything.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name in field_names(check):
+        seen = Counter(e[name] for e in train if e and isinstance(e.get(name), str))
+        if not seen:
+            continue
+        value = seen.most_common(1)[0][0]
+        hits = [e[name] == value for e in rows if e and name in e]
+        if hits:
+            out[name] = {"value": value} | rate(sum(hits), len(hits))
     return out

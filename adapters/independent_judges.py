@@ -5,6 +5,9 @@ asks several judges and reports each, with their agreement (Cohen's kappa). One 
 per judge:
 
     {kind: rule}                                    the department's format check (format first)
+    {kind: fields}                                  the answers' fields against the request's true
+                                                    values (`expected`): more right fields win.
+                                                    Nothing is trained: it knows the answer
     {kind: reward}                                  the reward model (trained on pairs that neither
                                                     DPO nor the evaluation sees)
     {kind: llm}                                     the base model with the rubric, A or B by the
@@ -19,14 +22,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .judges import FormatFirst, Judge, LlmJudge, RuleJudge, Verdict, both_orders, format_check
+from .fields import FIELD_SCORERS, score_fields
+from .judges import FormatFirst, Judge, LlmJudge, RuleJudge, Verdict, both_orders, by_score, format_check
 from .recipe import Recipe
 from .runs import StepError, finished_adapter
 from .stats import cohen_kappa
@@ -35,7 +39,7 @@ from .stats import cohen_kappa
 class JudgeChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["rule", "reward", "llm", "openai"] = Field(description="which judge (see above)")
+    kind: Literal["rule", "fields", "reward", "llm", "openai"] = Field(description="which judge (see above)")
     name: str | None = Field(None, description="its name in the report (default: the kind, or the model)")
     model: str | None = Field(
         None, description="llm: a local causal-LM folder (default: the base); openai: model"
@@ -45,7 +49,35 @@ class JudgeChoice(BaseModel):
     format_first: bool = Field(False, description="the format check decides where it tells answers apart")
 
 
-DEFAULT_JUDGES = (JudgeChoice(kind="rule"), JudgeChoice(kind="reward"), JudgeChoice(kind="llm"))
+DEFAULT_JUDGES = (
+    JudgeChoice(kind="rule"),
+    JudgeChoice(kind="fields"),
+    JudgeChoice(kind="reward"),
+    JudgeChoice(kind="llm"),
+)
+
+
+class FieldsJudge:
+    """Per request, the answer with more fields right (exactly, as the evaluation scores them) wins.
+
+    It grades the decision, not the style, and learnt nothing from any preference pair: the judge
+    the L3 claim needs when no larger model is at hand. Requests without true values are ties.
+    """
+
+    name = "fields"
+
+    def __init__(self, check: str, expected: Sequence[Mapping[str, Any] | None]):
+        self.check, self.expected = check, list(expected)
+
+    def scores(self, answers: Sequence[str]) -> list[float]:
+        out = []
+        for answer, expected in zip(answers, self.expected, strict=True):
+            scored = score_fields(self.check, answer, expected)
+            out.append(float(sum(ok for name, ok in scored.items() if name != "all")))
+        return out
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]:
+        return by_score(self.scores(a), self.scores(b))
 
 
 class OpenAIJudge:
@@ -75,8 +107,15 @@ class OpenAIJudge:
         return both_orders(first, second)
 
 
-def build_judge(choice: JudgeChoice, recipe: Recipe, tokenizer: Any, base_model: Any = None) -> Judge | None:
-    """The judge `choice` names, or None where it cannot run here (no reward model, no format check)."""
+def build_judge(
+    choice: JudgeChoice,
+    recipe: Recipe,
+    tokenizer: Any,
+    base_model: Any = None,
+    expected: Sequence[Mapping[str, Any] | None] = (),
+) -> Judge | None:
+    """The judge `choice` names, or None where it cannot run here (no reward model, no format check,
+    no field parser or no true values). `expected`: the true fields of the requests, in order."""
     from .judges import RewardJudge
 
     check = format_check(recipe)
@@ -85,6 +124,8 @@ def build_judge(choice: JudgeChoice, recipe: Recipe, tokenizer: Any, base_model:
         if check is None:
             return None
         return RuleJudge(check)
+    if choice.kind == "fields":
+        return _fields_judge(recipe, expected)
     if choice.kind == "reward":
         try:
             judge = RewardJudge.load(recipe.base_model, finished_adapter(recipe, "reward"), tokenizer)
@@ -101,18 +142,29 @@ def build_judge(choice: JudgeChoice, recipe: Recipe, tokenizer: Any, base_model:
             judge = LlmJudge(load_causal_lm(Path(choice.model), own), own, recipe.judge.rubric)
             judge.name = f"llm:{Path(choice.model).name}"
     else:
-        import openai
-
-        if not choice.base_url or not choice.model:
-            raise StepError("an openai judge needs base_url and model")
-        key = os.environ.get(choice.api_key_env, "none")
-        client = openai.OpenAI(base_url=choice.base_url, api_key=key, max_retries=2, timeout=120)
-        judge = OpenAIJudge(client, choice.model, recipe.judge.rubric)
+        judge = _openai_judge(choice, recipe)
     if choice.name:
         judge.name = choice.name
     if choice.format_first and check is not None:
         return FormatFirst(judge, check)
     return judge
+
+
+def _openai_judge(choice: JudgeChoice, recipe: Recipe) -> OpenAIJudge:
+    import openai
+
+    if not choice.base_url or not choice.model:
+        raise StepError("an openai judge needs base_url and model")
+    key = os.environ.get(choice.api_key_env, "none")
+    client = openai.OpenAI(base_url=choice.base_url, api_key=key, max_retries=2, timeout=120)
+    return OpenAIJudge(client, choice.model, recipe.judge.rubric)
+
+
+def _fields_judge(recipe: Recipe, expected: Sequence[Mapping[str, Any] | None]) -> FieldsJudge | None:
+    name = recipe.data.format_check
+    if name not in FIELD_SCORERS or not any(expected):
+        return None
+    return FieldsJudge(name, expected)
 
 
 def agreement(verdicts: dict[str, list[Verdict]]) -> list[dict[str, Any]]:

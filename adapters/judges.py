@@ -45,7 +45,7 @@ class Judge(Protocol):
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]: ...
 
 
-def _by_score(scores_a: Sequence[float], scores_b: Sequence[float]) -> list[Verdict]:
+def by_score(scores_a: Sequence[float], scores_b: Sequence[float]) -> list[Verdict]:
     return [
         Verdict(1.0 if x > y else 0.0 if x < y else 0.5, {"score_a": round(x, 4), "score_b": round(y, 4)})
         for x, y in zip(scores_a, scores_b, strict=True)
@@ -62,7 +62,7 @@ class RuleJudge:
         return [float(self.check(answer)) for answer in answers]
 
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]:
-        return _by_score(self.scores(prompts, a), self.scores(prompts, b))
+        return by_score(self.scores(prompts, a), self.scores(prompts, b))
 
 
 class RewardJudge:
@@ -103,7 +103,7 @@ class RewardJudge:
         return out
 
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Verdict]:
-        return _by_score(self.scores(prompts, a), self.scores(prompts, b))
+        return by_score(self.scores(prompts, a), self.scores(prompts, b))
 
 
 class LlmJudge:

@@ -55,6 +55,10 @@ class DataSpec(_Strict):
     )
     preferences_held_out: Path | None = Field(None, description="held-out preference pairs, JSONL")
     off_domain: Path | None = Field(None, description="off-topic requests the department should not answer")
+    template: Path | None = Field(
+        None,
+        description="the department's L1 template (none: adapters/templates/<department>.yaml, if any)",
+    )
     forgetting: Path | None = Field(
         None,
         description="general prompts with checkable answers (none: the one in adapters/datasets/general)",
@@ -113,6 +117,13 @@ class TrainSpec(_Strict):
 
 class SftSpec(TrainSpec):
     epochs: float = Field(2.0, gt=0, description="passes over the training data")
+    template_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of the department's rows trained behind its L1 template, as the gateway "
+        "serves them (system prompt and few-shot turns), so the adapter works with the template too",
+    )
 
 
 class RewardSpec(TrainSpec):

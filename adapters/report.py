@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .targets import target_lines
+
 LABELS = {"base": "base", "l1": "L1", "sft": "L2", "l1+sft": "L1+L2 (served)"}
 SET_TITLES = {"held_out": "unseen held-out", "independent": "independent held-out"}
 
@@ -46,6 +48,12 @@ def set_table(report: dict[str, Any], set_name: str) -> list[str]:
         row = [label(name), cell(s.get("format"))] + [cell(s.get("fields", {}).get(f)) for f in fields]
         row.append(cell(forgetting.get(name, {}).get("overall")))
         lines.append("| " + " | ".join(row) + " |")
+    constant = report.get("constant_answer", {}).get(set_name)
+    if constant:  # the cheapest field baseline: one value for every request
+        row = ["constant answer", "-"] + [
+            f"{cell(constant[f])} `{constant[f]['value']}`" if f in constant else "-" for f in fields
+        ]
+        lines.append("| " + " | ".join([*row, "-"]) + " |")
     return lines
 
 
@@ -173,8 +181,10 @@ def summary(recipes: list[Any]) -> str:
         for comparison, by_judge in report["win_rates"].items():
             if judge in by_judge:
                 lines.append(
-                    f"win rate {comparison.replace('_vs_', ' vs ')} ({judge}): {cell(by_judge[judge])}"
+                    f"win rate {comparison.replace('_vs_', ' vs ')} ({judge}, the gate's judge): "
+                    f"{cell(by_judge[judge])}"
                 )
+        lines += target_lines(report)
         rl_plot = recipe.run_dir("rl") / "reward_kl.png"
         if rl_plot.is_file():
             lines.append(f"RL reward against KL: {rl_plot}")

@@ -120,6 +120,11 @@ class Run:
             return None
         return yaml.safe_load(self.config_file.read_text())
 
+    def trained_on(self) -> Any:
+        """The sha256 of the L2 adapter the finished run started from (None: unknown)."""
+        options = (self._saved_config() or {}).get("options") or {}
+        return options.get("sft")
+
     def start(self, force: bool = False) -> None:
         """Make the folder ready: keep checkpoints of the same config (resume), else start afresh."""
         if self.dir.exists() and (force or self._key(self._saved_config()) != self._key(self.config)):

@@ -23,6 +23,8 @@ from service.domain import ChatMessage, GenerationRequest, SamplingParams
 from service.engines.local.tools import render, template_traits
 from service.prompts import Template, TemplateStore
 
+from .recipe import Recipe
+
 # Fixed values for the template's variables, so that an evaluation does not change with the date
 VARIABLES = {"tenant": "demo", "date": "2026-01-01"}
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -58,6 +60,16 @@ def default_template(department: str) -> Path | None:
     """The demo department's L1 template shipped with the factory (adapters/templates/<department>.yaml)."""
     path = TEMPLATES_DIR / f"{department}.yaml"
     return path if path.is_file() else None
+
+
+def recipe_template(recipe: Recipe) -> Path | None:
+    """The recipe's `data.template`, else the demo department's shipped one."""
+    return recipe.data.template or default_template(recipe.department)
+
+
+def as_chat(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the role/content dicts TRL and chat templates take (templates hold no tool turns)."""
+    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 @torch.no_grad()

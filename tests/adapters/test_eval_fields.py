@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from adapters.content_legal import CLAUSES
-from adapters.fields import expected_from_reference, parse_legal, parse_ticket, score_fields
+from adapters.fields import constant_answer, expected_from_reference, parse_legal, parse_ticket, score_fields
 from adapters.forgetting import Probe, correct, gate, load_probes, suite_score
+from adapters.report import set_table
 
 TICKET = (
     "TICKET: vpn-dropping\nPRIORITY: high\nSTEPS:\n1. Restart the VPN client.\n"
@@ -105,3 +106,18 @@ def test_every_shipped_reference_answer_scores_all_its_expected_fields(departmen
                 assert score_fields(department, row["response"], row["expected"])["all"], row
                 scored += 1
     assert scored >= 250
+
+
+def test_the_constant_answer_baseline_is_the_commonest_training_value() -> None:
+    train = [{"risk": "low"}, {"risk": "low"}, {"risk": "high"}, None, {"risk": "medium", "clause_type": "x"}]
+    rows = [{"risk": "low"}, {"risk": "high"}, {"risk": "low"}, {"risk": "medium"}, None]
+    out = constant_answer("legal", train, rows)
+    assert out["risk"]["value"] == "low" and (out["risk"]["k"], out["risk"]["n"]) == (2, 4)
+    assert 0 < out["risk"]["low"] < 0.5 < out["risk"]["high"] < 1
+    assert out.keys() == {"risk"}  # no row to score clause_type on
+    assert constant_answer(None, train, rows) == {} and constant_answer("legal", [], rows) == {}
+    report = {
+        "variants": {"sft": {"sets": {"held_out": {"format": None, "fields": {"risk": out["risk"]}}}}},
+        "constant_answer": {"held_out": out},
+    }
+    assert set_table(report, "held_out")[-1] == "| constant answer | - | 50% (15-85) `low` | - |"

@@ -10,10 +10,11 @@ import pytest
 from adapters.independent_judges import JudgeChoice, OpenAIJudge, agreement, build_judge
 from adapters.judges import LlmJudge, Verdict, both_orders
 from adapters.modeling import load_causal_lm, load_tokenizer
+from adapters.recipe import load_recipe
 from service.config import Settings
 from tests.conftest import API_KEY, TINY_MODEL, LiveServer
 
-from .conftest import tiny_recipe
+from .conftest import HELPDESK, tiny_recipe
 
 TICKET = "TICKET: vpn\nPRIORITY: low\nSTEPS:\n1. Restart the VPN client.\nESCALATE: no"
 
@@ -81,3 +82,19 @@ def test_agreement_between_judges() -> None:
     assert [r["judges"] for r in result] == [["reward", "llm"], ["reward", "rule"], ["llm", "rule"]]
     assert result[0]["agreement"] == 0.75 and 0 < result[0]["kappa"] < 1
     assert result[1]["agreement"] == 0.25
+
+
+def test_the_fields_judge_prefers_the_answer_with_more_right_fields() -> None:
+    recipe = load_recipe(HELPDESK)
+    truth = {"category": "vpn", "priority": "high", "escalate": "no", "step_keywords": ["restart"]}
+    judge = build_judge(JudgeChoice(kind="fields"), recipe, None, None, [truth, truth, truth, None])
+    assert judge is not None and judge.name == "fields"
+    wrong = TICKET.replace("TICKET: vpn", "TICKET: printer")
+    right = TICKET.replace("PRIORITY: low", "PRIORITY: high")
+    verdicts = judge.compare(["q"] * 4, [right, TICKET, TICKET, right], [TICKET, wrong, TICKET, "prose"])
+    assert [v.preference for v in verdicts] == [1.0, 1.0, 0.5, 0.5]  # no true values: a tie
+    assert verdicts[0].detail == {"score_a": 4.0, "score_b": 3.0}
+    # nothing to grade against, or no field parser: the judge sits out
+    assert build_judge(JudgeChoice(kind="fields"), recipe, None, None, [None, None]) is None
+    no_parser = load_recipe(HELPDESK, ["data.format_check=", "data.format_regex=TICKET.*"])
+    assert build_judge(JudgeChoice(kind="fields"), no_parser, None, None, [truth]) is None

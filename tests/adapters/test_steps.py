@@ -21,7 +21,7 @@ from adapters.reward import run_reward
 from adapters.rl import DEFAULT_KL, kl_weight, run_rl
 from adapters.rlaif import run_rlaif
 from adapters.runs import Run, input_digests
-from adapters.sft import run_sft
+from adapters.sft import run_sft, template_inputs
 from adapters.splits import sft_rows
 from service.registry import AdapterRejected, check_servable
 
@@ -120,9 +120,10 @@ def test_rlaif_keeps_the_judge_verdicts(recipe: Recipe) -> None:
 def test_a_step_reruns_only_when_what_it_reads_changed(recipe: Recipe) -> None:
     run_dpo(recipe)
     tuned = recipe.model_copy(update={"rlaif": recipe.rlaif.model_copy(update={"prompts": 5})})
-    assert Run(tuned, "sft").done()
+    assert Run(tuned, "sft", template_inputs(tuned)).done()
     retrained = recipe.model_copy(update={"sft": recipe.sft.model_copy(update={"max_steps": 5})})
-    assert not Run(retrained, "sft").done()
+    assert not Run(retrained, "sft", template_inputs(retrained)).done()
+    assert not Run(recipe, "sft", {"l1_template": "0" * 64}).done()  # an edited L1 template: train again
     assert Run(recipe, "dpo", input_digests(recipe, "sft")).done()
     assert not Run(recipe, "dpo", {"sft": "0" * 64}).done()  # another L2 adapter: train L3 again
 
@@ -167,7 +168,9 @@ def test_eval_reports_the_table_forgetting_and_judges(recipe: Recipe, tmp_path: 
     n = sum(report["sets"].values())
     assert report["win_rates"]["rlaif_vs_sft"]["reward"]["n"] == n
     assert report["win_rates"]["sft_vs_base"]["rule"]["n"] == n
-    assert {"llm", "reward", "rule"} <= report["win_rates"]["dpo_vs_sft"].keys()
+    assert {"llm", "reward", "rule", "fields"} <= report["win_rates"]["dpo_vs_sft"].keys()
+    constant = report["constant_answer"]["held_out"]  # the cheapest field baseline
+    assert {"category", "priority", "escalate"} <= constant.keys() and constant["priority"]["n"] == 6
     assert report["judge_agreement"]["dpo_vs_sft"][0]["n"] == n
     forgetting = report["forgetting"]
     assert forgetting["base"]["overall"]["n"] == 2 and "gate" in forgetting["sft"]
@@ -179,5 +182,6 @@ def test_eval_reports_the_table_forgetting_and_judges(recipe: Recipe, tmp_path: 
     assert {"report.json", "report.md", "report.png", "answers.jsonl", "verdicts.jsonl"} <= names
     text = (folder / "report.md").read_text()
     assert "| L1+L2 (served) |" in text and "## Forgetting" in text and "Cohen's kappa" in text
+    assert "| constant answer | - |" in text
     llm = [json.loads(line) for line in (folder / "verdicts.jsonl").read_text().splitlines()]
     assert any("p_a_second" in v["detail"] for v in llm if v["judge"] == "llm")  # both orders asked
