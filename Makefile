@@ -70,7 +70,7 @@ test-fast: model $(DEV_STAMP)
 RECIPES := adapters/recipes/it-helpdesk.yaml adapters/recipes/legal.yaml
 adapters: model $(DEV_STAMP)
 	@for recipe in $(RECIPES); do $(VENV)/bin/loragate train chain --recipe $$recipe \
-		|| echo "$$recipe: not published (a gate refused it, or a step failed: see above)"; \
+		|| echo "$$recipe: stopped at a gate or a failed step (see above): the levels above it are published"; \
 		$(VENV)/bin/loragate train rl --recipe $$recipe || exit 1; done
 	$(VENV)/bin/loragate train summary $(RECIPES)
 

@@ -98,10 +98,10 @@ def run_chain(recipe: Recipe, force: bool = False, until: str = "L3") -> dict[st
     levels = ("L2",) if until == "L2" else ("L2", "L3")
     for step in steps:
         run_step(recipe, step, force)
-    refs = {level: publish(recipe, level).ref for level in levels}  # type: ignore[arg-type]
-    print(
-        f"{recipe.department}: published " + " and ".join(f"{ref} ({level})" for level, ref in refs.items())
-    )
+    refs = {}
+    for level in levels:  # each level behind its gate: L2 stays published when L3's gate refuses
+        refs[level] = publish(recipe, level).ref  # type: ignore[arg-type]
+        print(f"{recipe.department}: published {refs[level]} ({level})", flush=True)
     return refs
 
 

@@ -119,3 +119,16 @@ def test_cli_publish_without_evaluation_refuses(
     args = ["train", "publish", "--level", "L2", "--recipe", str(HELPDESK), "--set", f"runs_dir={tmp_path}"]
     assert main(args) == 1
     assert "step 'sft' has not finished" in capsys.readouterr().err
+
+
+def test_the_chain_keeps_l2_published_when_l3_is_refused(
+    evaluated: Recipe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adapters.cli import run_chain
+
+    refused = with_gate(evaluated, "L3", min_win_rate=1.01)  # no lower bound reaches it
+    with pytest.raises(PublishRefused, match="win rate"):
+        run_chain(refused)
+    out = capsys.readouterr().out
+    l2 = publish(evaluated, "L2")
+    assert out.strip() == f"it-helpdesk: published {l2.ref} (L2)"  # said before L3's gate refused
