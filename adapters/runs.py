@@ -19,7 +19,6 @@ re-evaluates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from service.registry import WEIGHTS, sha256_of
 
 from .recipe import Recipe
 
@@ -58,14 +59,6 @@ DATA_FILES = {
 }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_digests(recipe: Recipe, step: str) -> dict[str, str]:
     """sha256 of each data file `step` reads, by recipe field (a missing file: "missing")."""
     files = recipe.data.files()
@@ -73,7 +66,7 @@ def data_digests(recipe: Recipe, step: str) -> dict[str, str]:
     chosen = {name: files[name] for name in names if name in files}
     if step == "sft" and recipe.replay is not None:
         chosen["replay"] = recipe.replay.file
-    return {name: file_sha256(path) if path.is_file() else "missing" for name, path in sorted(chosen.items())}
+    return {name: sha256_of(path) if path.is_file() else "missing" for name, path in sorted(chosen.items())}
 
 
 class Run:
@@ -166,8 +159,6 @@ def _unset_dropped(value: Any) -> Any:
 
 def input_digests(recipe: Recipe, *steps: str) -> dict[str, str]:
     """sha256 of the adapters of finished earlier steps (a step's inputs)."""
-    from service.registry import WEIGHTS, sha256_of
-
     return {step: sha256_of(finished_adapter(recipe, step) / WEIGHTS) for step in steps}
 
 

@@ -98,6 +98,8 @@ def completion_loss(model: Any, inputs: dict[str, torch.Tensor], num_items: Any 
 class CompletionOnlySFTTrainer(SFTTrainer):
     """TRL's SFTTrainer with `completion_loss` (no full-vocabulary logits at prompt positions)."""
 
+    template_rows = 0  # rows trained behind the L1 template (set by build_trainer)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         loss = completion_loss(model, inputs, num_items_in_batch)
         return (loss, None) if return_outputs else loss
@@ -122,13 +124,15 @@ def build_trainer(recipe: Recipe, run: Run) -> CompletionOnlySFTTrainer:
         train_sampling_strategy="group_by_length",
         dataset_num_proc=None,
     )
-    return CompletionOnlySFTTrainer(
+    trainer = CompletionOnlySFTTrainer(
         model=model,
         args=config,
         train_dataset=Dataset.from_list(prompt_completion(train_rows, served, templated)),
         processing_class=tokenizer,
         peft_config=lora_config(recipe.lora),
     )
+    trainer.template_rows = sum(row in templated for row in train_rows)
+    return trainer
 
 
 def run_sft(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
@@ -140,7 +144,6 @@ def run_sft(recipe: Recipe, *, force: bool = False) -> dict[str, Any]:
     trainer = build_trainer(recipe, run)
     figures = train_and_save(trainer, run)
     figures["train_rows"] = len(trainer.train_dataset)
-    templated = templated_rows(recipe)
-    figures["template_rows"] = sum(row in templated for row in sft_rows(recipe))
+    figures["template_rows"] = trainer.template_rows
     log.info("sft: adapter in %s after %.0f s", run.adapter, figures["train_runtime_s"])
     return run.finish(figures)

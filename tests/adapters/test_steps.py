@@ -21,7 +21,7 @@ from adapters.reward import run_reward
 from adapters.rl import DEFAULT_KL, kl_weight, run_rl
 from adapters.rlaif import run_rlaif
 from adapters.runs import Run, input_digests
-from adapters.sft import run_sft, template_inputs
+from adapters.sft import run_sft, template_inputs, templated_rows
 from adapters.splits import sft_rows
 from service.registry import AdapterRejected, check_servable
 
@@ -49,6 +49,7 @@ def test_sft_trains_a_servable_lora(recipe: Recipe) -> None:
     figures = run_sft(recipe)
     adapter = recipe.run_dir("sft") / "adapter"
     assert figures["global_step"] == 4 and figures["train_rows"] == len(sft_rows(recipe))
+    assert figures["template_rows"] == len(templated_rows(recipe)) > 0  # a quarter of the non-replay rows
     assert_trained_from_zero(adapter)
     config = check_servable(adapter)
     assert config["r"] == 16 and not config.get("modules_to_save")
